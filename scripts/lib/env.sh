@@ -1,0 +1,58 @@
+# Shared by scripts/test, scripts/local-run and bench/run: the Python tools in
+# a venv under .venv, and moto server on a free loopback port.
+
+VENV=${LOOPMESH_VENV:-$PWD/.venv}
+PY_REQUIREMENTS=scripts/requirements.txt
+
+step() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "==> $name"
+  "$@"
+  echo "<== $name ($((SECONDS - t0))s)"
+}
+
+# Installs the Python tools once; reinstalls when the requirements change.
+ensure_venv() {
+  local stamp="$VENV/.requirements"
+  if [ -x "$VENV/bin/python" ] && cmp -s "$PY_REQUIREMENTS" "$stamp"; then
+    return
+  fi
+  echo "==> installing Python tools into .venv"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$PY_REQUIREMENTS"
+  cp "$PY_REQUIREMENTS" "$stamp"
+}
+
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Starts moto server and exports the SDK's standard variables at it; the
+# EXIT trap stops it whatever happens.
+start_moto() {
+  MOTO_PORT=$(free_port)
+  MOTO_LOG=${MOTO_LOG:-$(mktemp -t moto.XXXXXX.log)}
+  MOTO_PORT=$MOTO_PORT "$VENV/bin/python" tests/emulator.py 127.0.0.1 "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
+  MOTO_PID=$!
+  trap stop_moto EXIT
+  for _ in $(seq 1 100); do
+    if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/')" 2>/dev/null; then
+      break
+    fi
+    kill -0 "$MOTO_PID" 2>/dev/null || { cat "$MOTO_LOG"; echo "moto server did not start" >&2; exit 1; }
+    sleep 0.1
+  done
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing
+  export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  unset AWS_PROFILE
+  echo "moto server on $AWS_ENDPOINT_URL (pid $MOTO_PID)"
+}
+
+stop_moto() {
+  if [ -n "${MOTO_PID:-}" ]; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
+}

@@ -1,0 +1,24 @@
+//! loopmesh core: what every loopmesh binary shares.
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration contract (Kong Mesh's variable names plus
+//!   `LOOPMESH_` settings), validated all at once.
+//! - [`model`]: the resources operators write (Dataplane, Mesh, MeshService,
+//!   MeshExternalService, MeshMultiZoneService, HostnameGenerator), parsed from
+//!   YAML or JSON with field-path errors.
+//! - [`template`]: HostnameGenerator templates; [`dns_name`]: DNS name rules.
+//! - [`identity`]: which Dataplanes a task role's `kuma.io/*` tags allow.
+//! - [`vip`]: VIP pools and the allocator, written against the [`vip::VipLedger`] port.
+//! - [`store`]: the DynamoDB adapter: table definition, key layout, the ledger.
+//!
+//! Domain modules never see an AWS SDK type; adapters live under [`store`] and
+//! translate at the edge.
+
+pub mod config;
+pub mod dns_name;
+pub mod identity;
+pub mod model;
+pub mod store;
+pub mod template;
+pub mod vip;

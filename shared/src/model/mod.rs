@@ -1,0 +1,26 @@
+//! The resource model: the documents an operator writes (Kuma's universal
+//! format, YAML or JSON), parsed into validated types.
+//!
+//! Parsing goes through two layers: `raw` serde structs that accept what the
+//! operator wrote (with unknown fields refused at the top level, so a typo is
+//! an error), then a validating constructor per kind that checks every rule and
+//! reports every violation with its field path.
+
+mod dataplane;
+mod document;
+mod hostname_generator;
+mod mesh;
+mod services;
+mod tags;
+mod validation;
+
+pub use dataplane::{Dataplane, DataplaneVars, Inbound, render_dataplane};
+pub use document::{DocumentError, Resource, ResourceKind, parse_documents, parse_one};
+pub use hostname_generator::{HostnameGenerator, HostnameTarget, NamedZone};
+pub use mesh::{Mesh, MeshServicesMode};
+pub use services::{ExternalEndpoint, MeshExternalService, MeshMultiZoneService, MeshService, ServicePort};
+pub use tags::{KNOWN_PROTOCOLS, PROTOCOL_TAG, SERVICE_TAG, validate_tag_key, validate_tag_value};
+pub use validation::{ValidationError, ValidationErrors, validate_resource_name};
+
+/// Labels on a resource, ordered so rendering and comparisons are deterministic.
+pub type Labels = std::collections::BTreeMap<String, String>;

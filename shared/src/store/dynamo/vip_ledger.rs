@@ -1,0 +1,245 @@
+//! [`VipLedger`] on DynamoDB: one GetItem, one BatchGetItem or one
+//! TransactWriteItems per call.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+
+use super::{backoff, n, s, sdk_error};
+use crate::store::keys::{self, attr};
+use crate::store::{StoreError, StoreErrorKind};
+use crate::vip::{Assignment, Claim, Lease, ServiceKey, UnixSeconds, VipLedger};
+
+/// Attempts at a transaction that DynamoDB cancels for a concurrent one
+/// touching the same items (`TransactionConflict`).
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+#[derive(Debug, Clone)]
+pub struct DynamoVipLedger {
+    client: Client,
+    table: String,
+}
+
+impl DynamoVipLedger {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    fn key(&self, pk: String, sk: String) -> HashMap<String, AttributeValue> {
+        HashMap::from([(keys::PK.to_owned(), s(pk)), (keys::SK.to_owned(), s(sk))])
+    }
+
+    fn build_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::new(StoreErrorKind::Rejected, format!("building a request for table {:?}: {e}", self.table))
+    }
+
+    /// Runs a two-item transaction, retrying conflicts; returns which items'
+    /// conditions failed when it is cancelled for that.
+    async fn transact(&self, op: &str, items: Vec<TransactWriteItem>) -> Result<Option<[bool; 2]>, StoreError> {
+        for attempt in 0..CONFLICT_ATTEMPTS {
+            let result = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+            let err = match result {
+                Ok(_) => return Ok(None),
+                Err(e) => e,
+            };
+            if let SdkError::ServiceError(se) = &err
+                && let TransactWriteItemsError::TransactionCanceledException(c) = se.err()
+            {
+                let codes: Vec<&str> = c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
+                if codes.contains(&"TransactionConflict") {
+                    backoff(attempt).await;
+                    continue;
+                }
+                let failed = |i: usize| codes.get(i).is_some_and(|c| *c == "ConditionalCheckFailed");
+                if failed(0) || failed(1) {
+                    return Ok(Some([failed(0), failed(1)]));
+                }
+            }
+            let e = sdk_error(op, &self.table, err);
+            if e.kind == StoreErrorKind::Conflict && attempt + 1 < CONFLICT_ATTEMPTS {
+                backoff(attempt).await;
+                continue;
+            }
+            return Err(e);
+        }
+        Err(StoreError::conflict(format!(
+            "{op} on table {:?}: still conflicting after {CONFLICT_ATTEMPTS} attempts",
+            self.table
+        )))
+    }
+}
+
+fn parse_addr(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::corrupt(format!("attribute {name} is {v:?}, not an IPv4 address"))),
+        Some(other) => Err(StoreError::corrupt(format!("attribute {name} is {other:?}, not a string"))),
+    }
+}
+
+fn parse_lease(item: &HashMap<String, AttributeValue>) -> Result<Lease, StoreError> {
+    let sk = match item.get(keys::SK) {
+        Some(AttributeValue::S(v)) => v,
+        _ => return Err(StoreError::corrupt("a lease without a string sk")),
+    };
+    let addr = sk
+        .strip_prefix("VIP#")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| StoreError::corrupt(format!("lease key {sk:?} does not name an IPv4 address")))?;
+    let owner = match item.get(attr::OWNER) {
+        Some(AttributeValue::S(o)) => o.clone(),
+        _ => return Err(StoreError::corrupt(format!("lease {sk} has no owner"))),
+    };
+    let quarantined_until = match item.get(attr::QUARANTINED_UNTIL) {
+        None => None,
+        Some(AttributeValue::N(v)) => {
+            Some(v.parse().map_err(|_| StoreError::corrupt(format!("lease {sk}: quarantined_until {v:?}")))?)
+        }
+        Some(other) => return Err(StoreError::corrupt(format!("lease {sk}: quarantined_until is {other:?}"))),
+    };
+    Ok(Lease { addr, owner, quarantined_until })
+}
+
+impl VipLedger for DynamoVipLedger {
+    async fn assignment(&self, key: &ServiceKey) -> Result<Assignment, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(keys::mesh_pk(&key.mesh), keys::service_sk(key.kind, &key.name))))
+            .consistent_read(true)
+            .projection_expression("#v, #p")
+            .expression_attribute_names("#v", attr::VIP)
+            .expression_attribute_names("#p", attr::PREVIOUS_VIP)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", &self.table, e))?;
+        let Some(item) = out.item() else {
+            return Ok(Assignment::default());
+        };
+        Ok(Assignment { current: parse_addr(item, attr::VIP)?, previous: parse_addr(item, attr::PREVIOUS_VIP)? })
+    }
+
+    async fn leases(&self, mesh: &str, addrs: &[Ipv4Addr]) -> Result<Vec<Lease>, StoreError> {
+        let pk = keys::mesh_pk(mesh);
+        let mut pending: Vec<HashMap<String, AttributeValue>> =
+            addrs.iter().map(|a| self.key(pk.clone(), keys::lease_sk(*a))).collect();
+        let mut out = Vec::new();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .projection_expression("#sk, #o, #q")
+                .expression_attribute_names("#sk", keys::SK)
+                .expression_attribute_names("#o", attr::OWNER)
+                .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
+                .build()
+                .map_err(|e| self.build_err(e))?;
+            let resp = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| sdk_error("BatchGetItem", &self.table, e))?;
+            for item in resp.responses().and_then(|r| r.get(&self.table)).map(Vec::as_slice).unwrap_or_default() {
+                out.push(parse_lease(item)?);
+            }
+            // DynamoDB may leave keys unprocessed under load: ask again after a pause.
+            if let Some(left) = resp.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                pending = left.keys().to_vec();
+                if !pending.is_empty() {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim(&self, key: &ServiceKey, addr: Ipv4Addr, now: UnixSeconds) -> Result<Claim, StoreError> {
+        let pk = keys::mesh_pk(&key.mesh);
+        let owner = key.owner_id();
+        let mut lease = self.key(pk.clone(), keys::lease_sk(addr));
+        lease.insert(attr::OWNER.into(), s(&owner));
+        lease.insert(attr::ASSIGNED_AT.into(), n(now));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(lease))
+            .condition_expression("attribute_not_exists(#pk) OR #o = :o OR #q <= :now")
+            .expression_attribute_names("#pk", keys::PK)
+            .expression_attribute_names("#o", attr::OWNER)
+            .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
+            .expression_attribute_values(":o", s(&owner))
+            .expression_attribute_values(":now", n(now))
+            .build()
+            .map_err(|e| self.build_err(e))?;
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(self.key(pk, keys::service_sk(key.kind, &key.name))))
+            .update_expression("SET #v = :v, #k = :k, #n = :n, #m = :m, #at = :now")
+            .condition_expression("attribute_not_exists(#v)")
+            .expression_attribute_names("#v", attr::VIP)
+            .expression_attribute_names("#k", attr::KIND)
+            .expression_attribute_names("#n", attr::NAME)
+            .expression_attribute_names("#m", attr::MESH)
+            .expression_attribute_names("#at", attr::ASSIGNED_AT)
+            .expression_attribute_values(":v", s(addr.to_string()))
+            .expression_attribute_values(":k", s(key.kind.code()))
+            .expression_attribute_values(":n", s(&key.name))
+            .expression_attribute_values(":m", s(&key.mesh))
+            .expression_attribute_values(":now", n(now))
+            .build()
+            .map_err(|e| self.build_err(e))?;
+        let items =
+            vec![TransactWriteItem::builder().put(put).build(), TransactWriteItem::builder().update(update).build()];
+        Ok(match self.transact("TransactWriteItems (claim VIP)", items).await? {
+            None => Claim::Won,
+            Some([_, true]) => Claim::AlreadyAssigned,
+            Some(_) => Claim::Taken,
+        })
+    }
+
+    async fn release(
+        &self,
+        key: &ServiceKey,
+        addr: Ipv4Addr,
+        quarantined_until: UnixSeconds,
+    ) -> Result<bool, StoreError> {
+        let pk = keys::mesh_pk(&key.mesh);
+        let lease = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(self.key(pk.clone(), keys::lease_sk(addr))))
+            .update_expression("SET #q = :q")
+            .condition_expression("#o = :o AND attribute_not_exists(#q)")
+            .expression_attribute_names("#o", attr::OWNER)
+            .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
+            .expression_attribute_values(":o", s(key.owner_id()))
+            .expression_attribute_values(":q", n(quarantined_until))
+            .build()
+            .map_err(|e| self.build_err(e))?;
+        let service = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(self.key(pk, keys::service_sk(key.kind, &key.name))))
+            .update_expression("SET #p = #v REMOVE #v")
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", attr::VIP)
+            .expression_attribute_names("#p", attr::PREVIOUS_VIP)
+            .expression_attribute_values(":v", s(addr.to_string()))
+            .build()
+            .map_err(|e| self.build_err(e))?;
+        let items = vec![
+            TransactWriteItem::builder().update(lease).build(),
+            TransactWriteItem::builder().update(service).build(),
+        ];
+        Ok(self.transact("TransactWriteItems (release VIP)", items).await?.is_none())
+    }
+}

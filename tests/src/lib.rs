@@ -1,0 +1,122 @@
+//! The integration-test harness: SDK clients pointed at the local AWS API
+//! emulator (moto server) that `scripts/test` starts, fresh tables, and a
+//! request counter that benchmarks and tests read.
+//!
+//! The endpoint comes from the SDK's standard `AWS_ENDPOINT_URL`; the harness
+//! refuses to run without it so a test can never reach a real account.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aws_config::SdkConfig;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use loopmesh_shared::store::{dynamo, table};
+
+/// The emulator's endpoint; panics with the fix when it is missing.
+pub fn endpoint() -> String {
+    match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(url) if url.starts_with("http://127.") || url.starts_with("http://localhost") => url,
+        Ok(url) => panic!("AWS_ENDPOINT_URL={url} is not a loopback emulator; run the tests through scripts/test"),
+        Err(_) => panic!("AWS_ENDPOINT_URL is not set; run the tests through scripts/test, which starts moto server"),
+    }
+}
+
+/// SDK configuration for the emulator, with the standard variables the script exports.
+pub async fn sdk_config() -> SdkConfig {
+    endpoint();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
+pub async fn dynamo_client() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sdk_config().await)
+}
+
+/// A DynamoDB client whose every HTTP attempt is counted by `counter`.
+pub async fn counted_dynamo_client(counter: &CallCounter) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk_config().await).interceptor(counter.clone()).build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// Creates a table with a unique name from the template's definition.
+pub async fn fresh_table(client: &aws_sdk_dynamodb::Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", unique());
+    let def = table::definition().expect("infra/template.yaml defines the table");
+    dynamo::create_table(client, &name, &def).await.expect("create table in the emulator");
+    name
+}
+
+/// Every item of a table, for asserting that nothing stray was written.
+pub async fn item_count(client: &aws_sdk_dynamodb::Client, table: &str) -> usize {
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let out = client.scan().table_name(table).set_exclusive_start_key(start).send().await.expect("scan");
+        count += out.count() as usize;
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            return count;
+        }
+    }
+}
+
+/// A name no other test run in this emulator has used.
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), fastrand_u32())
+}
+
+fn fastrand_u32() -> u32 {
+    // Enough to keep two runs against one emulator apart; no extra crate needed.
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
+
+/// Counts HTTP attempts per operation (retries included), as AWS bills and throttles them.
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter {
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl CallCounter {
+    pub fn total(&self) -> u64 {
+        self.lock().values().sum()
+    }
+
+    pub fn get(&self, operation: &str) -> u64 {
+        self.lock().get(operation).copied().unwrap_or(0)
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.lock().clone()
+    }
+
+    pub fn reset(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = cfg.load::<Metadata>().map(|m| m.name().to_owned()).unwrap_or_else(|| "unknown".into());
+        *self.lock().entry(op).or_insert(0) += 1;
+        Ok(())
+    }
+}
