@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use loopmesh_shared::config::Settings;
 use loopmesh_shared::model::parse_documents;
 use loopmesh_shared::store::dynamo::{self, DynamoVipLedger};
 use loopmesh_shared::store::table;
-use loopmesh_shared::vip::{ServiceKey, ServiceKind, VipPool, allocate};
+use loopmesh_shared::vip::{ServiceKey, ServiceKind, VipPool, allocate, unix_now};
 
 #[derive(Debug, Parser)]
 #[command(name = "loopmesh", version, about = "Validate, apply and inspect loopmesh without a control-plane server")]
@@ -111,13 +110,14 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let client =
                 aws_sdk_dynamodb::Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
             let ledger = DynamoVipLedger::new(client, settings.table_name.clone());
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = unix_now();
             println!("{:<24} {:<12} {:<16}", "SERVICE", "MESH", "VIP");
             for name in names {
                 let key = ServiceKey::new(&mesh, kind, &name);
                 let vip = allocate(&ledger, &pool, &key, now)
                     .await
-                    .map_err(|e| format!("{e}\n  check AWS credentials, AWS_REGION and LOOPMESH_TABLE_NAME"))?;
+                    .map_err(|e| format!("{e}\n  check AWS credentials, AWS_REGION and LOOPMESH_TABLE_NAME"))?
+                    .vip;
                 println!("{name:<24} {mesh:<12} {vip:<16}");
             }
             Ok(ExitCode::SUCCESS)

@@ -10,15 +10,20 @@
 //! - [`template`]: HostnameGenerator templates; [`dns_name`]: DNS name rules.
 //! - [`identity`]: which Dataplanes a task role's `kuma.io/*` tags allow.
 //! - [`vip`]: VIP pools and the allocator, written against the [`vip::VipLedger`] port.
-//! - [`store`]: the DynamoDB adapter: table definition, key layout, the ledger.
+//! - [`registration`]: what task-events does with an ECS task state change,
+//!   over ports for task definitions, role tags and the table.
+//! - [`store`]: the table: definition, key layout, DynamoDB adapters.
+//! - [`aws`]: ECS and IAM adapters, SDK configuration and error mapping.
 //!
 //! Domain modules never see an AWS SDK type; adapters live under [`store`] and
 //! translate at the edge.
 
+pub mod aws;
 pub mod config;
 pub mod dns_name;
 pub mod identity;
 pub mod model;
+pub mod registration;
 pub mod store;
 pub mod template;
 pub mod vip;

@@ -120,3 +120,54 @@ impl Intercept for CallCounter {
         Ok(())
     }
 }
+
+pub mod ecs;
+
+/// Items of one partition whose sort key starts with `prefix`.
+pub async fn query_prefix(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: &str,
+    prefix: &str,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
+            .expression_attribute_values(":p", AttributeValue::S(prefix.to_owned()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("query");
+        out.extend(page.items().iter().cloned());
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            return out;
+        }
+    }
+}
+
+/// A string attribute of an item, or "".
+pub fn attr_s(item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>, name: &str) -> String {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default()
+}
+
+/// A Mesh resource item as `loopmesh apply` stores it, with its `meshServices.mode`.
+pub fn mesh_resource_item(
+    mesh: &str,
+    mode: &str,
+) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use loopmesh_shared::store::keys;
+    std::collections::HashMap::from([
+        (keys::PK.to_owned(), AttributeValue::S(keys::mesh_pk(mesh))),
+        (keys::SK.to_owned(), AttributeValue::S(keys::resource_sk("Mesh", mesh))),
+        (keys::attr::MESH_SERVICES_MODE.to_owned(), AttributeValue::S(mode.to_owned())),
+    ])
+}

@@ -26,7 +26,7 @@ async fn two_hundred_concurrent_services_get_two_hundred_distinct_vips() {
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let ledger = DynamoVipLedger::new(aws_sdk_dynamodb::Client::new(&config), table.clone());
-            tokio::spawn(async move { allocate(&ledger, &p, &key(&format!("svc-{i}")), 1_000).await })
+            tokio::spawn(async move { allocate(&ledger, &p, &key(&format!("svc-{i}")), 1_000).await.map(|a| a.vip) })
         })
         .collect();
     let mut vips = HashSet::new();
@@ -48,7 +48,7 @@ async fn one_identity_allocated_concurrently_gets_one_vip() {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let ledger = DynamoVipLedger::new(aws_sdk_dynamodb::Client::new(&config), table.clone());
-            tokio::spawn(async move { allocate(&ledger, &p, &key("redis"), 1_000).await })
+            tokio::spawn(async move { allocate(&ledger, &p, &key("redis"), 1_000).await.map(|a| a.vip) })
         })
         .collect();
     let mut vips = HashSet::new();
@@ -67,7 +67,7 @@ async fn a_slash_29_exhausts_with_a_clear_error_and_no_stray_items() {
     let p = pool("127.1.0.0/29");
     let mut vips = HashSet::new();
     for i in 0..6 {
-        vips.insert(allocate(&ledger, &p, &key(&format!("s{i}")), 0).await.unwrap());
+        vips.insert(allocate(&ledger, &p, &key(&format!("s{i}")), 0).await.unwrap().vip);
     }
     assert_eq!(vips.len(), 6);
     assert!(!vips.contains(&Ipv4Addr::new(127, 1, 0, 0)) && !vips.contains(&Ipv4Addr::new(127, 1, 0, 7)));
@@ -88,12 +88,12 @@ async fn quarantine_blocks_reuse_until_it_ends() {
     let table = fresh_table(&client, "quarantine").await;
     let ledger = DynamoVipLedger::new(client, table);
     let p = pool("127.1.0.0/30");
-    let a = allocate(&ledger, &p, &key("a"), 0).await.unwrap();
-    allocate(&ledger, &p, &key("b"), 0).await.unwrap();
+    let a = allocate(&ledger, &p, &key("a"), 0).await.unwrap().vip;
+    let _b = allocate(&ledger, &p, &key("b"), 0).await.unwrap().vip;
     assert!(release(&ledger, &key("a"), 1_130).await.unwrap());
     assert!(!release(&ledger, &key("a"), 1_130).await.unwrap(), "a second release is a no-op");
     assert!(matches!(allocate(&ledger, &p, &key("c"), 1_129).await, Err(AllocError::PoolExhausted { .. })));
-    assert_eq!(allocate(&ledger, &p, &key("c"), 1_130).await.unwrap(), a);
+    assert_eq!(allocate(&ledger, &p, &key("c"), 1_130).await.unwrap().vip, a);
 }
 
 #[tokio::test]
@@ -102,14 +102,14 @@ async fn a_returning_service_regains_its_vip() {
     let table = fresh_table(&client, "return").await;
     let ledger = DynamoVipLedger::new(client, table);
     let p = pool("127.1.0.0/16");
-    let vip = allocate(&ledger, &p, &key("redis"), 0).await.unwrap();
+    let vip = allocate(&ledger, &p, &key("redis"), 0).await.unwrap().vip;
     assert!(release(&ledger, &key("redis"), 500).await.unwrap());
     let assignment = ledger.assignment(&key("redis")).await.unwrap();
     assert_eq!((assignment.current, assignment.previous), (None, Some(vip)));
     // Inside its own quarantine, and after it: the same address.
-    assert_eq!(allocate(&ledger, &p, &key("redis"), 100).await.unwrap(), vip);
+    assert_eq!(allocate(&ledger, &p, &key("redis"), 100).await.unwrap().vip, vip);
     release(&ledger, &key("redis"), 600).await.unwrap();
-    assert_eq!(allocate(&ledger, &p, &key("redis"), 10_000).await.unwrap(), vip);
+    assert_eq!(allocate(&ledger, &p, &key("redis"), 10_000).await.unwrap().vip, vip);
 }
 
 #[tokio::test]
@@ -117,8 +117,8 @@ async fn stored_vips_outside_a_changed_cidr_keep_working() {
     let client = dynamo_client().await;
     let table = fresh_table(&client, "cidr").await;
     let ledger = DynamoVipLedger::new(client, table);
-    let old = allocate(&ledger, &pool("127.1.0.0/16"), &key("redis"), 0).await.unwrap();
+    let old = allocate(&ledger, &pool("127.1.0.0/16"), &key("redis"), 0).await.unwrap().vip;
     let new = pool("127.5.0.0/16");
-    assert_eq!(allocate(&ledger, &new, &key("redis"), 0).await.unwrap(), old);
-    assert!(new.contains(allocate(&ledger, &new, &key("web"), 0).await.unwrap()));
+    assert_eq!(allocate(&ledger, &new, &key("redis"), 0).await.unwrap().vip, old);
+    assert!(new.contains(allocate(&ledger, &new, &key("web"), 0).await.unwrap().vip));
 }

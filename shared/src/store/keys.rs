@@ -27,6 +27,45 @@ pub fn lease_sk(addr: Ipv4Addr) -> String {
     format!("VIP#{addr}")
 }
 
+/// A task's record: its ECS version, status and the keys of its endpoints.
+/// Outside the mesh partitions: only task-events reads it.
+pub fn task_pk(task_arn: &str) -> String {
+    format!("TASK#{task_arn}")
+}
+
+pub const TASK_SK: &str = "TASK";
+
+/// One endpoint of a service: a task's inbound.
+pub fn endpoint_sk(service: &str, task_id: &str, port: u16) -> String {
+    format!("EP#{service}#{task_id}#{port}")
+}
+
+/// The prefix of every endpoint of `service`.
+pub fn endpoint_prefix(service: &str) -> String {
+    format!("EP#{service}#")
+}
+
+/// The mesh view's generation: sidecars read this one small item to learn
+/// whether anything in their mesh changed.
+pub const VIEW_SK: &str = "VIEW";
+
+/// The desired DNS state's generation: bumped when a service gains or loses a
+/// VIP or a name, read by dns-sync.
+pub const DNS_PK: &str = "DNS";
+pub const DNS_STATE_SK: &str = "STATE";
+
+/// Operator-facing status: identity refusals and DNS conflicts.
+pub const STATUS_PK: &str = "STATUS";
+
+pub fn refusal_sk(task_arn: &str) -> String {
+    format!("REFUSAL#{task_arn}")
+}
+
+/// An applied resource; a Mesh lives in its own mesh's partition.
+pub fn resource_sk(kind: &str, name: &str) -> String {
+    format!("RES#{kind}#{name}")
+}
+
 /// Attribute names, in one place so adapters and docs agree.
 pub mod attr {
     pub const VIP: &str = "vip";
@@ -37,4 +76,26 @@ pub mod attr {
     pub const KIND: &str = "kind";
     pub const NAME: &str = "name";
     pub const MESH: &str = "mesh";
+    pub const VERSION: &str = "version";
+    pub const STATUS: &str = "status";
+    pub const ENDPOINTS: &str = "endpoints";
+    pub const SERVICES: &str = "services";
+    pub const CLUSTER_ARN: &str = "cluster_arn";
+    pub const TASK_DEFINITION_ARN: &str = "task_definition_arn";
+    pub const TASK_ARN: &str = "task_arn";
+    pub const EXPIRES_AT: &str = "expires_at";
+    pub const LAST_ENDPOINT_CHANGE: &str = "last_endpoint_change";
+    pub const PORTS: &str = "ports";
+    pub const LABELS: &str = "labels";
+    pub const GENERATION: &str = "generation";
+    pub const UPDATED_AT: &str = "updated_at";
+    pub const REASON: &str = "reason";
+    pub const AT: &str = "at";
+    pub const SERVICE: &str = "service";
+    pub const ADDRESS: &str = "address";
+    pub const PORT: &str = "port";
+    pub const SERVICE_PORT: &str = "service_port";
+    pub const PROTOCOL: &str = "protocol";
+    pub const ZONE: &str = "zone";
+    pub const MESH_SERVICES_MODE: &str = "mesh_services_mode";
 }

@@ -24,6 +24,13 @@ impl AllocError {
     }
 }
 
+/// A service's VIP, and whether this call gave it (so DNS must learn of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub vip: Ipv4Addr,
+    pub new: bool,
+}
+
 /// The VIP of `key`: the one it holds, else its previous one if free, else the
 /// first free address in its identity-derived order.
 ///
@@ -35,11 +42,24 @@ pub async fn allocate<L: VipLedger>(
     pool: &VipPool,
     key: &ServiceKey,
     now: UnixSeconds,
-) -> Result<Ipv4Addr, AllocError> {
+) -> Result<Allocation, AllocError> {
+    let assignment =
+        ledger.assignment(key).await.map_err(|source| AllocError::Store { key: key.to_string(), source })?;
+    allocate_from(ledger, pool, key, assignment, now).await
+}
+
+/// [`allocate`] for a caller that has already read the service's assignment
+/// (several services in one batch read).
+pub async fn allocate_from<L: VipLedger>(
+    ledger: &L,
+    pool: &VipPool,
+    key: &ServiceKey,
+    assignment: super::Assignment,
+    now: UnixSeconds,
+) -> Result<Allocation, AllocError> {
     let store = |source| AllocError::Store { key: key.to_string(), source };
-    let assignment = ledger.assignment(key).await.map_err(store)?;
     if let Some(vip) = assignment.current {
-        return Ok(vip);
+        return Ok(Allocation { vip, new: false });
     }
     let previous = assignment.previous.filter(|p| pool.contains(*p));
     let mut order = previous.into_iter().chain(pool.candidates(key).filter(move |c| Some(*c) != previous));
@@ -49,7 +69,7 @@ pub async fn allocate<L: VipLedger>(
         return Err(exhausted(key, pool));
     };
     match ledger.claim(key, first, now).await.map_err(store)? {
-        Claim::Won => return Ok(first),
+        Claim::Won => return Ok(Allocation { vip: first, new: true }),
         Claim::AlreadyAssigned => return current(ledger, key).await,
         Claim::Taken => {}
     }
@@ -69,7 +89,7 @@ pub async fn allocate<L: VipLedger>(
                 continue;
             }
             match ledger.claim(key, addr, now).await.map_err(store)? {
-                Claim::Won => return Ok(addr),
+                Claim::Won => return Ok(Allocation { vip: addr, new: true }),
                 Claim::AlreadyAssigned => return current(ledger, key).await,
                 Claim::Taken => {}
             }
@@ -90,11 +110,12 @@ pub async fn release<L: VipLedger>(
     ledger.release(key, vip, quarantined_until).await.map_err(store)
 }
 
-async fn current<L: VipLedger>(ledger: &L, key: &ServiceKey) -> Result<Ipv4Addr, AllocError> {
+async fn current<L: VipLedger>(ledger: &L, key: &ServiceKey) -> Result<Allocation, AllocError> {
     let store = |source| AllocError::Store { key: key.to_string(), source };
-    ledger.assignment(key).await.map_err(store)?.current.ok_or_else(|| {
+    let vip = ledger.assignment(key).await.map_err(store)?.current.ok_or_else(|| {
         store(StoreError::conflict("the service's VIP was released while it was being allocated; retry"))
-    })
+    })?;
+    Ok(Allocation { vip, new: false })
 }
 
 fn exhausted(key: &ServiceKey, pool: &VipPool) -> AllocError {
@@ -118,9 +139,9 @@ mod tests {
     async fn same_identity_same_vip() {
         let ledger = MemoryLedger::default();
         let p = pool("127.1.0.0/16");
-        let a = allocate(&ledger, &p, &key("redis"), 0).await.unwrap();
+        let a = allocate(&ledger, &p, &key("redis"), 0).await.unwrap().vip;
         assert!(p.contains(a));
-        assert_eq!(allocate(&ledger, &p, &key("redis"), 0).await.unwrap(), a);
+        assert_eq!(allocate(&ledger, &p, &key("redis"), 0).await.unwrap().vip, a);
         assert_eq!(ledger.requests(), 3, "get+claim, then get");
     }
 
@@ -130,7 +151,7 @@ mod tests {
         let p = pool("127.1.0.0/29");
         let mut got = std::collections::HashSet::new();
         for i in 0..6 {
-            got.insert(allocate(&ledger, &p, &key(&format!("s{i}")), 0).await.unwrap());
+            got.insert(allocate(&ledger, &p, &key(&format!("s{i}")), 0).await.unwrap().vip);
         }
         assert_eq!(got.len(), 6);
         let before = ledger.lease_count();
@@ -151,16 +172,16 @@ mod tests {
     async fn quarantine_blocks_others_until_it_ends_and_the_owner_regains_its_vip() {
         let ledger = MemoryLedger::default();
         let p = pool("127.1.0.0/30"); // two usable addresses: 127.1.0.1 and .2
-        let a = allocate(&ledger, &p, &key("a"), 0).await.unwrap();
-        let b = allocate(&ledger, &p, &key("b"), 0).await.unwrap();
+        let a = allocate(&ledger, &p, &key("a"), 0).await.unwrap().vip;
+        let b = allocate(&ledger, &p, &key("b"), 0).await.unwrap().vip;
         assert_ne!(a, b);
         assert!(release(&ledger, &key("a"), 100).await.unwrap());
         assert!(matches!(allocate(&ledger, &p, &key("c"), 99).await, Err(AllocError::PoolExhausted { .. })));
-        assert_eq!(allocate(&ledger, &p, &key("c"), 100).await.unwrap(), a);
+        assert_eq!(allocate(&ledger, &p, &key("c"), 100).await.unwrap().vip, a);
 
         // b leaves and comes back inside its quarantine: it gets its VIP again.
         assert!(release(&ledger, &key("b"), 500).await.unwrap());
-        assert_eq!(allocate(&ledger, &p, &key("b"), 200).await.unwrap(), b);
+        assert_eq!(allocate(&ledger, &p, &key("b"), 200).await.unwrap().vip, b);
     }
 
     #[tokio::test]
@@ -169,19 +190,19 @@ mod tests {
         let p = pool("127.1.0.0/16");
         let first = p.candidates(&key("redis")).next().unwrap();
         ledger.insert_lease(first, "svc#squatter", None);
-        let vip = allocate(&ledger, &p, &key("redis"), 0).await.unwrap();
+        let vip = allocate(&ledger, &p, &key("redis"), 0).await.unwrap().vip;
         assert_ne!(vip, first);
         release(&ledger, &key("redis"), 10).await.unwrap();
         ledger.remove_lease(first);
-        assert_eq!(allocate(&ledger, &p, &key("redis"), 1000).await.unwrap(), vip);
+        assert_eq!(allocate(&ledger, &p, &key("redis"), 1000).await.unwrap().vip, vip);
     }
 
     #[tokio::test]
     async fn vip_outside_a_changed_pool_keeps_working() {
         let ledger = MemoryLedger::default();
-        let old = allocate(&ledger, &pool("127.1.0.0/16"), &key("redis"), 0).await.unwrap();
+        let old = allocate(&ledger, &pool("127.1.0.0/16"), &key("redis"), 0).await.unwrap().vip;
         let new_pool = pool("127.9.0.0/16");
-        assert_eq!(allocate(&ledger, &new_pool, &key("redis"), 0).await.unwrap(), old);
-        assert!(new_pool.contains(allocate(&ledger, &new_pool, &key("web"), 0).await.unwrap()));
+        assert_eq!(allocate(&ledger, &new_pool, &key("redis"), 0).await.unwrap().vip, old);
+        assert!(new_pool.contains(allocate(&ledger, &new_pool, &key("web"), 0).await.unwrap().vip));
     }
 }

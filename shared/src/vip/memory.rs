@@ -56,6 +56,12 @@ impl VipLedger for MemoryLedger {
         Ok(self.lock().assignments.get(key).copied().unwrap_or_default())
     }
 
+    async fn assignments(&self, keys: &[ServiceKey]) -> Result<Vec<Assignment>, StoreError> {
+        self.count();
+        let s = self.lock();
+        Ok(keys.iter().map(|k| s.assignments.get(k).copied().unwrap_or_default()).collect())
+    }
+
     async fn leases(&self, mesh: &str, addrs: &[Ipv4Addr]) -> Result<Vec<Lease>, StoreError> {
         self.count();
         let s = self.lock();

@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::Ipv4Addr;
 
-pub use allocator::{AllocError, allocate, release};
+pub use allocator::{AllocError, Allocation, allocate, allocate_from, release};
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryLedger;
 pub use pool::{PoolTooSmall, VipPool};
@@ -25,6 +25,12 @@ use crate::store::StoreError;
 /// Seconds since the Unix epoch: how time is stored and injected, so tests
 /// choose "now" instead of sleeping.
 pub type UnixSeconds = u64;
+
+/// The wall clock, read only at the edges (a handler's entry, a CLI command)
+/// and passed inward as a value.
+pub fn unix_now() -> UnixSeconds {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
 
 /// The kinds of service that get VIPs, each from its own pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,6 +140,10 @@ pub enum Claim {
 /// Where leases and assignments live: DynamoDB in production, memory in unit tests.
 pub trait VipLedger: Send + Sync {
     fn assignment(&self, key: &ServiceKey) -> impl Future<Output = Result<Assignment, StoreError>> + Send;
+
+    /// The assignments of several services of one mesh in one read, in the order of `keys`
+    /// (at most [`LEASE_READ_BATCH`]).
+    fn assignments(&self, keys: &[ServiceKey]) -> impl Future<Output = Result<Vec<Assignment>, StoreError>> + Send;
 
     /// The leases that exist among `addrs` (at most [`LEASE_READ_BATCH`]), in any order.
     fn leases(&self, mesh: &str, addrs: &[Ipv4Addr]) -> impl Future<Output = Result<Vec<Lease>, StoreError>> + Send;

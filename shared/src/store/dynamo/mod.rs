@@ -1,5 +1,6 @@
 //! DynamoDB adapters: thin translations between table items and domain types.
 
+mod registry;
 mod vip_ledger;
 
 use std::time::Duration;
@@ -9,43 +10,15 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::display::DisplayErrorContext;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+pub use registry::DynamoRegistry;
 pub use vip_ledger::DynamoVipLedger;
 
 use super::table::TableDefinition;
 use super::{StoreError, StoreErrorKind};
-
-/// Maps any SDK error to a [`StoreError`] that says which call on which table
-/// failed and whether a retry can help.
-pub fn sdk_error<E, R>(operation: &str, table: &str, err: SdkError<E, R>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let (kind, detail) = match &err {
-        SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or("Unknown");
-            let kind = match code {
-                "ThrottlingException"
-                | "ProvisionedThroughputExceededException"
-                | "RequestLimitExceeded"
-                | "Throttling" => StoreErrorKind::Throttled,
-                "InternalServerError" | "ServiceUnavailable" | "InternalFailure" => StoreErrorKind::Unavailable,
-                "TransactionConflictException" | "TransactionInProgressException" => StoreErrorKind::Conflict,
-                _ => StoreErrorKind::Rejected,
-            };
-            (kind, format!("{code}: {}", se.err().message().unwrap_or("no message")))
-        }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            (StoreErrorKind::Unavailable, DisplayErrorContext(&err).to_string())
-        }
-        _ => (StoreErrorKind::Rejected, DisplayErrorContext(&err).to_string()),
-    };
-    StoreError::new(kind, format!("{operation} on table {table:?}: {detail}"))
-}
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::TransactWriteItem;
 
 /// Creates the table as `infra/template.yaml` defines it; an existing table is fine.
 pub async fn create_table(client: &Client, name: &str, def: &TableDefinition) -> Result<bool, StoreError> {
@@ -108,6 +81,19 @@ pub async fn create_table(client: &Client, name: &str, def: &TableDefinition) ->
     Ok(true)
 }
 
+/// An SDK error on `table`, as a [`StoreError`].
+pub fn sdk_error<E, R>(
+    operation: &str,
+    table: &str,
+    err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> StoreError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    crate::aws::sdk_error(operation, &format!("table {table:?}"), err)
+}
+
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -120,4 +106,53 @@ pub(crate) fn n(v: u64) -> AttributeValue {
 pub(crate) async fn backoff(attempt: u32) {
     let cap_ms = 10u64.saturating_mul(1 << attempt.min(8)).min(1_000);
     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=cap_ms))).await;
+}
+
+/// Attempts at a transaction that DynamoDB cancels for a concurrent one
+/// touching the same items (`TransactionConflict`).
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// Runs a transaction, retrying conflicts. `Ok(None)` when it was applied;
+/// `Ok(Some(failed))` when conditions cancelled it, with one flag per item
+/// saying whether that item's condition failed.
+pub(crate) async fn transact(
+    client: &Client,
+    table: &str,
+    op: &str,
+    items: Vec<TransactWriteItem>,
+) -> Result<Option<Vec<bool>>, StoreError> {
+    for attempt in 0..CONFLICT_ATTEMPTS {
+        let err = match client.transact_write_items().set_transact_items(Some(items.clone())).send().await {
+            Ok(_) => return Ok(None),
+            Err(e) => e,
+        };
+        if let SdkError::ServiceError(se) = &err
+            && let TransactWriteItemsError::TransactionCanceledException(c) = se.err()
+        {
+            let codes: Vec<&str> = c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
+            if codes.contains(&"TransactionConflict") {
+                backoff(attempt).await;
+                continue;
+            }
+            if codes.contains(&"ConditionalCheckFailed") {
+                return Ok(Some(codes.iter().map(|c| *c == "ConditionalCheckFailed").collect()));
+            }
+        }
+        let e = sdk_error(op, table, err);
+        if e.kind == StoreErrorKind::Conflict && attempt + 1 < CONFLICT_ATTEMPTS {
+            backoff(attempt).await;
+            continue;
+        }
+        return Err(e);
+    }
+    Err(StoreError::conflict(format!("{op} on table {table:?}: still conflicting after {CONFLICT_ATTEMPTS} attempts")))
+}
+
+/// A table key from its two parts.
+pub(crate) fn key(pk: String, sk: String) -> std::collections::HashMap<String, AttributeValue> {
+    std::collections::HashMap::from([(super::keys::PK.to_owned(), s(pk)), (super::keys::SK.to_owned(), s(sk))])
+}
+
+pub(crate) fn build_err(table: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(StoreErrorKind::Rejected, format!("building a request for table {table:?}: {e}"))
 }

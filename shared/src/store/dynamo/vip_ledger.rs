@@ -5,18 +5,12 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 
-use super::{backoff, n, s, sdk_error};
+use super::{backoff, build_err, key, n, s, sdk_error, transact};
+use crate::store::StoreError;
 use crate::store::keys::{self, attr};
-use crate::store::{StoreError, StoreErrorKind};
 use crate::vip::{Assignment, Claim, Lease, ServiceKey, UnixSeconds, VipLedger};
-
-/// Attempts at a transaction that DynamoDB cancels for a concurrent one
-/// touching the same items (`TransactionConflict`).
-const CONFLICT_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct DynamoVipLedger {
@@ -30,46 +24,60 @@ impl DynamoVipLedger {
     }
 
     fn key(&self, pk: String, sk: String) -> HashMap<String, AttributeValue> {
-        HashMap::from([(keys::PK.to_owned(), s(pk)), (keys::SK.to_owned(), s(sk))])
+        key(pk, sk)
     }
 
     fn build_err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::new(StoreErrorKind::Rejected, format!("building a request for table {:?}: {e}", self.table))
+        build_err(&self.table, e)
     }
 
-    /// Runs a two-item transaction, retrying conflicts; returns which items'
-    /// conditions failed when it is cancelled for that.
-    async fn transact(&self, op: &str, items: Vec<TransactWriteItem>) -> Result<Option<[bool; 2]>, StoreError> {
-        for attempt in 0..CONFLICT_ATTEMPTS {
-            let result = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
-            let err = match result {
-                Ok(_) => return Ok(None),
-                Err(e) => e,
-            };
-            if let SdkError::ServiceError(se) = &err
-                && let TransactWriteItemsError::TransactionCanceledException(c) = se.err()
-            {
-                let codes: Vec<&str> = c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
-                if codes.contains(&"TransactionConflict") {
+    /// Consistent BatchGetItem of up to 100 keys of this table, retrying
+    /// unprocessed keys, projecting `projection` (over `#sk`, `#v`, `#p`, `#o`, `#q`).
+    async fn batch_get(
+        &self,
+        mut pending: Vec<HashMap<String, AttributeValue>>,
+        projection: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let names = [
+            ("#sk", keys::SK),
+            ("#v", attr::VIP),
+            ("#p", attr::PREVIOUS_VIP),
+            ("#o", attr::OWNER),
+            ("#q", attr::QUARANTINED_UNTIL),
+        ];
+        let mut out = Vec::new();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .projection_expression(projection);
+            for (placeholder, name) in names.iter().filter(|(p, _)| projection.contains(p)) {
+                request = request.expression_attribute_names(*placeholder, *name);
+            }
+            let resp = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request.build().map_err(|e| self.build_err(e))?)
+                .send()
+                .await
+                .map_err(|e| sdk_error("BatchGetItem", &self.table, e))?;
+            out.extend(resp.responses().and_then(|r| r.get(&self.table)).cloned().unwrap_or_default());
+            // DynamoDB may leave keys unprocessed under load: ask again after a pause.
+            if let Some(left) = resp.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                pending = left.keys().to_vec();
+                if !pending.is_empty() {
                     backoff(attempt).await;
-                    continue;
-                }
-                let failed = |i: usize| codes.get(i).is_some_and(|c| *c == "ConditionalCheckFailed");
-                if failed(0) || failed(1) {
-                    return Ok(Some([failed(0), failed(1)]));
+                    attempt += 1;
                 }
             }
-            let e = sdk_error(op, &self.table, err);
-            if e.kind == StoreErrorKind::Conflict && attempt + 1 < CONFLICT_ATTEMPTS {
-                backoff(attempt).await;
-                continue;
-            }
-            return Err(e);
         }
-        Err(StoreError::conflict(format!(
-            "{op} on table {:?}: still conflicting after {CONFLICT_ATTEMPTS} attempts",
-            self.table
-        )))
+        Ok(out)
+    }
+
+    async fn transact(&self, op: &str, items: Vec<TransactWriteItem>) -> Result<Option<[bool; 2]>, StoreError> {
+        let failed = transact(&self.client, &self.table, op, items).await?;
+        Ok(failed.map(|f| [f.first().copied().unwrap_or(false), f.get(1).copied().unwrap_or(false)]))
     }
 }
 
@@ -127,42 +135,31 @@ impl VipLedger for DynamoVipLedger {
         Ok(Assignment { current: parse_addr(item, attr::VIP)?, previous: parse_addr(item, attr::PREVIOUS_VIP)? })
     }
 
-    async fn leases(&self, mesh: &str, addrs: &[Ipv4Addr]) -> Result<Vec<Lease>, StoreError> {
-        let pk = keys::mesh_pk(mesh);
-        let mut pending: Vec<HashMap<String, AttributeValue>> =
-            addrs.iter().map(|a| self.key(pk.clone(), keys::lease_sk(*a))).collect();
-        let mut out = Vec::new();
-        let mut attempt = 0;
-        while !pending.is_empty() {
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut pending)))
-                .consistent_read(true)
-                .projection_expression("#sk, #o, #q")
-                .expression_attribute_names("#sk", keys::SK)
-                .expression_attribute_names("#o", attr::OWNER)
-                .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
-                .build()
-                .map_err(|e| self.build_err(e))?;
-            let resp = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(|e| sdk_error("BatchGetItem", &self.table, e))?;
-            for item in resp.responses().and_then(|r| r.get(&self.table)).map(Vec::as_slice).unwrap_or_default() {
-                out.push(parse_lease(item)?);
-            }
-            // DynamoDB may leave keys unprocessed under load: ask again after a pause.
-            if let Some(left) = resp.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                pending = left.keys().to_vec();
-                if !pending.is_empty() {
-                    backoff(attempt).await;
-                    attempt += 1;
+    async fn assignments(&self, service_keys: &[ServiceKey]) -> Result<Vec<Assignment>, StoreError> {
+        let sks: Vec<(String, String)> =
+            service_keys.iter().map(|k| (keys::mesh_pk(&k.mesh), keys::service_sk(k.kind, &k.name))).collect();
+        let items = self
+            .batch_get(sks.iter().map(|(pk, sk)| self.key(pk.clone(), sk.clone())).collect(), "#sk, #v, #p")
+            .await?;
+        let mut out = Vec::with_capacity(sks.len());
+        for (_, sk) in &sks {
+            let item = items.iter().find(|i| i.get(keys::SK).and_then(|v| v.as_s().ok()) == Some(sk));
+            out.push(match item {
+                None => Assignment::default(),
+                Some(i) => {
+                    Assignment { current: parse_addr(i, attr::VIP)?, previous: parse_addr(i, attr::PREVIOUS_VIP)? }
                 }
-            }
+            });
         }
         Ok(out)
+    }
+
+    async fn leases(&self, mesh: &str, addrs: &[Ipv4Addr]) -> Result<Vec<Lease>, StoreError> {
+        let pk = keys::mesh_pk(mesh);
+        let items = self
+            .batch_get(addrs.iter().map(|a| self.key(pk.clone(), keys::lease_sk(*a))).collect(), "#sk, #o, #q")
+            .await?;
+        items.iter().map(parse_lease).collect()
     }
 
     async fn claim(&self, key: &ServiceKey, addr: Ipv4Addr, now: UnixSeconds) -> Result<Claim, StoreError> {

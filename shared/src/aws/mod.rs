@@ -1,0 +1,50 @@
+//! Adapters for the AWS services loopmesh reads (ECS task definitions, IAM
+//! role tags) and what every adapter shares: SDK configuration and error mapping.
+
+pub mod ecs;
+pub mod iam;
+
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::store::{StoreError, StoreErrorKind};
+
+/// The SDK configuration from the standard sources (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL*`, credentials chain), with the standard retry mode:
+/// throttling and transient errors are retried with jittered backoff.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        .load()
+        .await
+}
+
+/// Maps any SDK error to a [`StoreError`] that says which call on what
+/// (a table, a task definition, a role) failed and whether a retry can help.
+pub fn sdk_error<E, R>(operation: &str, target: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let (kind, detail) = match &err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("Unknown");
+            let kind = match code {
+                "ThrottlingException"
+                | "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+                | "Throttling" => StoreErrorKind::Throttled,
+                "InternalServerError" | "ServiceUnavailable" | "InternalFailure" => StoreErrorKind::Unavailable,
+                "TransactionConflictException" | "TransactionInProgressException" => StoreErrorKind::Conflict,
+                _ => StoreErrorKind::Rejected,
+            };
+            (kind, format!("{code}: {}", se.err().message().unwrap_or("no message")))
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (StoreErrorKind::Unavailable, DisplayErrorContext(&err).to_string())
+        }
+        _ => (StoreErrorKind::Rejected, DisplayErrorContext(&err).to_string()),
+    };
+    StoreError::new(kind, format!("{operation} on {target}: {detail}"))
+}

@@ -1,0 +1,290 @@
+//! task-events against moto server: task definitions in moto's ECS, roles
+//! with tags in moto's IAM, events from `events/`, state in DynamoDB.
+#![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
+
+use std::collections::{BTreeMap, HashSet};
+
+use loopmesh_shared::registration::{HandleError, Outcome};
+use loopmesh_shared::store::keys;
+use loopmesh_shared::vip::ServiceKind;
+use loopmesh_tests::ecs::{event, registrar, role, settings, task_definition};
+use loopmesh_tests::{attr_s, dynamo_client, fresh_table, item_count, query_prefix};
+
+const NOW: u64 = 1_800_000_000;
+
+struct Bed {
+    table: String,
+    client: aws_sdk_dynamodb::Client,
+}
+
+async fn bed(name: &str) -> Bed {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, name).await;
+    Bed { table, client }
+}
+
+impl Bed {
+    async fn endpoints(&self, mesh: &str) -> Vec<(String, String, String)> {
+        let mut out: Vec<_> = query_prefix(&self.client, &self.table, &keys::mesh_pk(mesh), "EP#")
+            .await
+            .iter()
+            .map(|i| (attr_s(i, "service"), attr_s(i, "address"), attr_s(i, "task_arn")))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn services(&self, mesh: &str) -> BTreeMap<String, String> {
+        query_prefix(&self.client, &self.table, &keys::mesh_pk(mesh), "SVC#")
+            .await
+            .iter()
+            .filter(|i| i.contains_key("vip"))
+            .map(|i| (attr_s(i, "sk"), attr_s(i, "vip")))
+            .collect()
+    }
+
+    async fn refusals(&self) -> Vec<String> {
+        query_prefix(&self.client, &self.table, keys::STATUS_PK, "REFUSAL#")
+            .await
+            .iter()
+            .map(|i| attr_s(i, "reason"))
+            .collect()
+    }
+}
+
+async fn demo_task_definition() -> String {
+    let role =
+        role(&[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "demo-app")]).await;
+    task_definition(Some(&role), "demo-app", "default", true).await
+}
+
+#[tokio::test]
+async fn running_registers_and_stopped_deregisters() {
+    let bed = bed("te-basic").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    let Outcome::Registered { mesh, services, endpoints } = out else { panic!("{out:?}") };
+    assert_eq!((mesh.as_str(), endpoints), ("default", 1));
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].0.kind, ServiceKind::Service);
+    let eps = bed.endpoints("default").await;
+    assert_eq!(eps.len(), 1);
+    assert_eq!((eps[0].0.as_str(), eps[0].1.as_str()), ("demo-app", "10.0.1.10"));
+    assert!(eps[0].2.ends_with("/t1"));
+    let svcs = bed.services("default").await;
+    assert_eq!(svcs.get("SVC#svc#demo-app"), Some(&services[0].1.to_string()));
+
+    let out = r.handle(&event("ecs-task-stopped.json", &td, "t1", "10.0.1.10", 5), NOW + 60).await.unwrap();
+    assert_eq!(out, Outcome::Deregistered { endpoints: 1 });
+    assert!(bed.endpoints("default").await.is_empty());
+    // The service keeps its VIP for the deletion grace.
+    assert_eq!(bed.services("default").await, svcs);
+}
+
+#[tokio::test]
+async fn duplicates_and_older_events_change_nothing() {
+    let bed = bed("te-dup").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+    let running = event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3);
+    assert!(matches!(r.handle(&running, NOW).await.unwrap(), Outcome::Registered { .. }));
+    let items = item_count(&bed.client, &bed.table).await;
+    assert_eq!(r.handle(&running, NOW).await.unwrap(), Outcome::Stale);
+    assert_eq!(
+        r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 2), NOW).await.unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(item_count(&bed.client, &bed.table).await, items);
+    // A stop seen twice deregisters once.
+    let stopped = event("ecs-task-stopped.json", &td, "t1", "10.0.1.10", 5);
+    assert_eq!(r.handle(&stopped, NOW).await.unwrap(), Outcome::Deregistered { endpoints: 1 });
+    assert_eq!(r.handle(&stopped, NOW).await.unwrap(), Outcome::Stale);
+}
+
+#[tokio::test]
+async fn stopped_before_running_never_registers() {
+    let bed = bed("te-order").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+    let out = r.handle(&event("ecs-task-stopped.json", &td, "t9", "10.0.1.19", 5), NOW).await.unwrap();
+    assert_eq!(out, Outcome::Deregistered { endpoints: 0 });
+    let out = r.handle(&event("ecs-task-running.json", &td, "t9", "10.0.1.19", 3), NOW).await.unwrap();
+    assert_eq!(out, Outcome::Stale);
+    assert!(bed.endpoints("default").await.is_empty());
+    assert!(bed.services("default").await.is_empty(), "no VIP for a task that never ran");
+}
+
+#[tokio::test]
+async fn desired_stopped_deregisters_at_once() {
+    let bed = bed("te-stopping").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+    r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    let out = r.handle(&event("ecs-task-stopping.json", &td, "t1", "10.0.1.10", 4), NOW).await.unwrap();
+    assert_eq!(out, Outcome::Deregistered { endpoints: 1 });
+}
+
+async fn refused(tags: &[(&str, &str)], service: &str) -> (Outcome, Bed) {
+    let bed = bed("te-refuse").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let role = role(tags).await;
+    let td = task_definition(Some(&role), service, "default", true).await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    assert!(bed.endpoints("default").await.is_empty());
+    assert!(bed.services("default").await.is_empty());
+    (out, bed)
+}
+
+#[tokio::test]
+async fn wrong_service_tag_is_refused_and_recorded() {
+    let (out, bed) = refused(
+        &[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "redis")],
+        "demo-app",
+    )
+    .await;
+    let reason = "the task role's kuma.io/service tag is \"redis\" but inbound 0 claims service \"demo-app\"";
+    assert_eq!(out, Outcome::Refused { reason: reason.into() });
+    assert_eq!(bed.refusals().await, [reason]);
+}
+
+#[tokio::test]
+async fn missing_mesh_tag_is_refused() {
+    let (out, bed) = refused(&[("kuma.io/type", "dataplane")], "demo-app").await;
+    assert!(matches!(out, Outcome::Refused { ref reason } if reason.contains("no kuma.io/mesh tag")), "{out:?}");
+    assert_eq!(bed.refusals().await.len(), 1);
+}
+
+#[tokio::test]
+async fn gateway_type_is_refused() {
+    let (out, _) = refused(&[("kuma.io/type", "gateway"), ("kuma.io/mesh", "default")], "demo-app").await;
+    assert!(
+        matches!(out, Outcome::Refused { ref reason } if reason.contains("\"gateway\", not dataplane, ingress or egress")),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn other_clusters_are_ignored() {
+    let bed = bed("te-cluster").await;
+    let r = registrar(&settings(&bed.table, &[("LOOPMESH_CLUSTERS", "prod,staging")])).await;
+    let td = demo_task_definition().await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    assert!(matches!(out, Outcome::Ignored { .. }), "{out:?}");
+    assert_eq!(item_count(&bed.client, &bed.table).await, 0);
+    let watching = registrar(&settings(&bed.table, &[("LOOPMESH_CLUSTERS", "loopmesh-demo")])).await;
+    let out = watching.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    assert!(matches!(out, Outcome::Registered { .. }), "{out:?}");
+}
+
+#[tokio::test]
+async fn tasks_without_a_sidecar_are_skipped() {
+    let bed = bed("te-nosidecar").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let role = role(&[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default")]).await;
+    let td = task_definition(Some(&role), "plain", "default", false).await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    assert_eq!(out, Outcome::NoSidecar);
+    assert_eq!(item_count(&bed.client, &bed.table).await, 0);
+}
+
+#[tokio::test]
+async fn malformed_and_foreign_events_name_the_field_and_write_nothing() {
+    let bed = bed("te-malformed").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/ecs-task-malformed.json")).unwrap();
+    let err = r.handle(&serde_json::from_str(&text).unwrap(), NOW).await.unwrap_err();
+    assert!(matches!(err, HandleError::Malformed(_)));
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert_eq!(msg, "malformed ECS task state change: detail.version: invalid type: string \"three\", expected u64");
+    let mut no_arn: serde_json::Value = serde_json::from_str(&text).unwrap();
+    no_arn["detail"]["version"] = 3.into();
+    let msg = r.handle(&no_arn, NOW).await.unwrap_err().to_string();
+    assert_eq!(msg, "malformed ECS task state change: detail: missing field `taskArn`");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/not-ecs.json")).unwrap();
+    let msg = r.handle(&serde_json::from_str(&text).unwrap(), NOW).await.unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "malformed ECS task state change: source: \"aws.ec2\" is not \"aws.ecs\"; this function takes ECS task state changes; detail-type: \"EC2 Instance State-change Notification\" is not \"ECS Task State Change\""
+    );
+    let msg = r.handle(&serde_json::json!({"hello": 1}), NOW).await.unwrap_err().to_string();
+    assert!(msg.contains("detail-type"), "{msg}");
+    assert_eq!(item_count(&bed.client, &bed.table).await, 0);
+}
+
+#[tokio::test]
+async fn mesh_service_mode_also_yields_a_mesh_service() {
+    let bed = bed("te-ms").await;
+    let mesh_item = loopmesh_tests::mesh_resource_item("default", "Everywhere");
+    bed.client.put_item().table_name(&bed.table).set_item(Some(mesh_item)).send().await.unwrap();
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    let Outcome::Registered { services, .. } = out else { panic!("{out:?}") };
+    let kinds: Vec<_> = services.iter().map(|(k, _)| k.kind).collect();
+    assert_eq!(kinds, [ServiceKind::Service, ServiceKind::MeshService]);
+    let ms = &services[1].1;
+    assert!(ms.octets()[..2] == [127, 4], "MeshService VIP {ms} comes from 127.4.0.0/16");
+    let items = query_prefix(&bed.client, &bed.table, &keys::mesh_pk("default"), "SVC#ms#demo-app").await;
+    let labels = items[0].get("labels").unwrap().as_m().unwrap();
+    assert_eq!(labels.get("kuma.io/origin").unwrap().as_s().unwrap(), "zone");
+    assert_eq!(labels.get("kuma.io/display-name").unwrap().as_s().unwrap(), "demo-app");
+    let ports = items[0].get("ports").unwrap().as_l().unwrap();
+    assert_eq!(ports[0].as_m().unwrap().get("port").unwrap().as_n().unwrap(), "5050");
+}
+
+/// 500 events for 100 tasks of 10 services, shuffled, each delivered twice,
+/// handled by 16 workers with their own clients and caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storm_of_duplicated_shuffled_events_converges() {
+    let bed = bed("te-storm").await;
+    let s = settings(&bed.table, &[]);
+    let mut tds = Vec::new();
+    for i in 0..10 {
+        let service = format!("svc{i}");
+        let role =
+            role(&[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", &service)]).await;
+        tds.push((service.clone(), task_definition(Some(&role), &service, "default", true).await));
+    }
+    let mut events = Vec::new();
+    let mut expected = HashSet::new();
+    for t in 0..100 {
+        let (service, td) = &tds[t % 10];
+        let id = format!("task{t:03}");
+        let ip = format!("10.1.{}.{}", t / 200, t % 200 + 1);
+        events.push(event("ecs-task-running.json", td, &id, &ip, 3));
+        events.push(event("ecs-task-running.json", td, &id, &ip, 4));
+        if t % 2 == 0 {
+            events.push(event("ecs-task-stopped.json", td, &id, &ip, 6));
+        } else {
+            expected.insert((service.clone(), ip.clone()));
+        }
+    }
+    let mut deliveries: Vec<_> = events.iter().chain(events.iter()).cloned().collect();
+    assert_eq!(deliveries.len(), 500);
+    fastrand::Rng::with_seed(7).shuffle(&mut deliveries);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(deliveries));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let queue = queue.clone();
+        let s = s.clone();
+        workers.push(tokio::spawn(async move {
+            let r = registrar(&s).await;
+            loop {
+                let Some(ev) = queue.lock().unwrap().pop() else { break };
+                r.handle(&ev, NOW).await.unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let got: HashSet<_> = bed.endpoints("default").await.into_iter().map(|(s, a, _)| (s, a)).collect();
+    assert_eq!(got, expected);
+    let services = bed.services("default").await;
+    assert_eq!(services.len(), 10);
+    assert_eq!(services.values().collect::<HashSet<_>>().len(), 10);
+}
