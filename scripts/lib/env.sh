@@ -24,6 +24,21 @@ ensure_venv() {
   cp "$PY_REQUIREMENTS" "$stamp"
 }
 
+# Waits up to 30 s for something to listen on a loopback port.
+wait_port() {
+  "$VENV/bin/python" - "$1" <<'PY'
+import socket, sys, time
+deadline = time.time() + 30
+while time.time() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.5).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
 free_port() {
   "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
@@ -35,7 +50,7 @@ start_moto() {
   MOTO_LOG=${MOTO_LOG:-$(mktemp -t moto.XXXXXX.log)}
   MOTO_PORT=$MOTO_PORT "$VENV/bin/python" tests/emulator.py 127.0.0.1 "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
   MOTO_PID=$!
-  trap stop_moto EXIT
+  on_exit "kill $MOTO_PID 2>/dev/null; wait $MOTO_PID 2>/dev/null"
   for _ in $(seq 1 100); do
     if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/')" 2>/dev/null; then
       break
@@ -50,9 +65,32 @@ start_moto() {
   echo "moto server on $AWS_ENDPOINT_URL (pid $MOTO_PID)"
 }
 
-stop_moto() {
-  if [ -n "${MOTO_PID:-}" ]; then
-    kill "$MOTO_PID" 2>/dev/null || true
-    wait "$MOTO_PID" 2>/dev/null || true
-  fi
+# Runs the registered commands, newest first, when the script exits for any reason.
+CLEANUPS=()
+on_exit() {
+  CLEANUPS+=("$1")
+  trap run_cleanups EXIT
+}
+run_cleanups() {
+  local i
+  for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
+    eval "${CLEANUPS[$i]}" || true
+  done
+}
+
+# Starts `cargo lambda watch` (the Lambda runtime emulator, which builds each
+# function on its first invocation) on a free loopback port.
+start_lambda_watch() {
+  LAMBDA_PORT=$(free_port)
+  setsid "$VENV/bin/cargo-lambda" lambda watch --quiet -A 127.0.0.1 -P "$LAMBDA_PORT" >"${LAMBDA_LOG:-/dev/null}" 2>&1 &
+  local pid=$!
+  on_exit "kill -- -$pid 2>/dev/null"
+  wait_port "$LAMBDA_PORT" || { cat "${LAMBDA_LOG:-/dev/null}"; echo "cargo lambda watch did not start" >&2; exit 1; }
+  echo "cargo lambda watch on 127.0.0.1:$LAMBDA_PORT"
+}
+
+# Invokes a function through cargo lambda, as the README documents for users.
+invoke() {
+  "$VENV/bin/cargo-lambda" lambda invoke "$1" -A 127.0.0.1 -P "$LAMBDA_PORT" --data-file "$2"
+  echo
 }
