@@ -28,6 +28,7 @@ pub const ROUTE53_MAX_RPS: &str = "LOOPMESH_ROUTE53_MAX_RPS";
 pub const SERVICE_DELETION_GRACE: &str = "LOOPMESH_SERVICE_DELETION_GRACE";
 pub const VIP_QUARANTINE: &str = "LOOPMESH_VIP_QUARANTINE";
 pub const CLUSTERS: &str = "LOOPMESH_CLUSTERS";
+pub const DNS_FULL_AUDIT_INTERVAL: &str = "LOOPMESH_DNS_FULL_AUDIT_INTERVAL";
 
 /// One row of the README's configuration table: name, default, rule.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +79,11 @@ pub const VARIABLES: &[Variable] = &[
         rule: "a duration, at least 2 x TTL + refresh interval",
     },
     Variable {
+        name: DNS_FULL_AUDIT_INTERVAL,
+        default: "1h",
+        rule: "a duration: how often the drift audit lists whole zones even when record counts agree",
+    },
+    Variable {
         name: CLUSTERS,
         default: "",
         rule: "comma-separated ECS cluster names or ARNs; empty watches every cluster",
@@ -100,6 +106,7 @@ pub struct Settings {
     pub vip_quarantine: Duration,
     /// Empty means every cluster.
     pub clusters: Vec<String>,
+    pub dns_full_audit_interval: Duration,
 }
 
 /// The four address pools, one per kind of service.
@@ -244,6 +251,7 @@ impl Settings {
             _ => Err("a number of requests per second above 0 and at most 100".into()),
         });
         let service_deletion_grace = r.read(SERVICE_DELETION_GRACE, parse_duration);
+        let dns_full_audit_interval = r.read(DNS_FULL_AUDIT_INTERVAL, parse_duration);
         let quarantine_set = (r.lookup)(VIP_QUARANTINE).filter(|v| !v.trim().is_empty());
         let clusters = (r.lookup)(CLUSTERS)
             .map(|v| v.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
@@ -299,6 +307,7 @@ impl Settings {
             route53_max_rps,
             service_deletion_grace,
             vip_quarantine,
+            dns_full_audit_interval,
         ) {
             (
                 Some(dns_domain),
@@ -310,6 +319,7 @@ impl Settings {
                 Some(route53_max_rps),
                 Some(service_deletion_grace),
                 Some(vip_quarantine),
+                Some(dns_full_audit_interval),
             ) => Ok(Self {
                 dns_domain,
                 vip_port,
@@ -322,6 +332,7 @@ impl Settings {
                 service_deletion_grace,
                 vip_quarantine,
                 clusters,
+                dns_full_audit_interval,
             }),
             _ => unreachable!("every missing value recorded an error"),
         }

@@ -12,6 +12,8 @@
 //! - [`vip`]: VIP pools and the allocator, written against the [`vip::VipLedger`] port.
 //! - [`registration`]: what task-events does with an ECS task state change,
 //!   over ports for task definitions, role tags and the table.
+//! - [`dns`]: desired records, the planner, batching, the Route53 rate limiter
+//!   and one dns-sync run over ports for Route53 and the table.
 //! - [`store`]: the table: definition, key layout, DynamoDB adapters.
 //! - [`aws`]: ECS and IAM adapters, SDK configuration and error mapping.
 //!
@@ -20,6 +22,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod dns;
 pub mod dns_name;
 pub mod identity;
 pub mod model;

@@ -121,7 +121,9 @@ impl Intercept for CallCounter {
     }
 }
 
+pub mod dns;
 pub mod ecs;
+pub mod route53_proxy;
 
 /// Items of one partition whose sort key starts with `prefix`.
 pub async fn query_prefix(

@@ -3,6 +3,7 @@
 
 pub mod ecs;
 pub mod iam;
+pub mod route53;
 
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;

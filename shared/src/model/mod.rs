@@ -18,7 +18,10 @@ pub use dataplane::{Dataplane, DataplaneVars, Inbound, render_dataplane};
 pub use document::{DocumentError, Resource, ResourceKind, parse_documents, parse_one};
 pub use hostname_generator::{HostnameGenerator, HostnameTarget, NamedZone};
 pub use mesh::{Mesh, MeshServicesMode};
-pub use services::{ExternalEndpoint, MeshExternalService, MeshMultiZoneService, MeshService, ServicePort};
+pub use services::{
+    DISPLAY_NAME_LABEL, ExternalEndpoint, MeshExternalService, MeshMultiZoneService, MeshService, ServicePort,
+    display_name,
+};
 pub use tags::{KNOWN_PROTOCOLS, PROTOCOL_TAG, SERVICE_TAG, validate_tag_key, validate_tag_value};
 pub use validation::{ValidationError, ValidationErrors, validate_resource_name};
 

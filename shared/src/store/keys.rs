@@ -54,6 +54,21 @@ pub const VIEW_SK: &str = "VIEW";
 pub const DNS_PK: &str = "DNS";
 pub const DNS_STATE_SK: &str = "STATE";
 
+/// The sync lease: at most one dns-sync run talks to Route53 at a time.
+pub const DNS_LEASE_SK: &str = "LEASE";
+
+/// The ownership ledger: one item per record loopmesh created.
+pub fn owned_record_sk(zone: &str, name: &str) -> String {
+    format!("REC#{zone}#{name}")
+}
+
+pub fn conflict_sk(zone: &str, name: &str) -> String {
+    format!("CONFLICT#{zone}#{name}")
+}
+
+/// Global resources (HostnameGenerators) live in one partition.
+pub const GLOBAL_PK: &str = "GLOBAL";
+
 /// Operator-facing status: identity refusals and DNS conflicts.
 pub const STATUS_PK: &str = "STATUS";
 
@@ -98,4 +113,16 @@ pub mod attr {
     pub const PROTOCOL: &str = "protocol";
     pub const ZONE: &str = "zone";
     pub const MESH_SERVICES_MODE: &str = "mesh_services_mode";
+    pub const DOC: &str = "doc";
+    pub const APPLIED_GENERATION: &str = "applied_generation";
+    pub const RETRY_PENDING: &str = "retry_pending";
+    pub const MESHES: &str = "meshes";
+    pub const ZONE_COUNTS: &str = "zone_counts";
+    pub const LAST_FULL_AUDIT: &str = "last_full_audit";
+    pub const LAST_SYNC: &str = "last_sync";
+    pub const HOLDER: &str = "holder";
+    pub const LEASE_UNTIL: &str = "lease_until";
+    pub const NEXT_CALL_MS: &str = "next_call_ms";
+    pub const VALUE: &str = "value";
+    pub const TTL: &str = "ttl";
 }

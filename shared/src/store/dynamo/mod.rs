@@ -1,5 +1,6 @@
 //! DynamoDB adapters: thin translations between table items and domain types.
 
+mod dns_store;
 mod registry;
 mod vip_ledger;
 
@@ -11,6 +12,7 @@ use aws_sdk_dynamodb::types::{
     StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 
+pub use dns_store::DynamoDnsStore;
 pub use registry::DynamoRegistry;
 pub use vip_ledger::DynamoVipLedger;
 

@@ -1,0 +1,387 @@
+//! [`DnsStore`] on DynamoDB: the DNS state and lease items, the ownership
+//! ledger, conflicts, and the service items dns-sync reads and collects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
+};
+
+use super::{build_err, key, n, s, sdk_error, transact};
+use crate::config::HostedZoneId;
+use crate::dns::Record;
+use crate::dns::sync::{Conflict, DnsState, DnsStore, LEASE_SECONDS, RunRecord, ServiceRow};
+use crate::model::{HostnameGenerator, Resource, parse_one};
+use crate::store::StoreError;
+use crate::store::keys::{self, attr};
+use crate::vip::{ServiceKey, ServiceKind, UnixSeconds};
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, Clone)]
+pub struct DynamoDnsStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDnsStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    async fn query(&self, pk: &str, prefix: &str, limit: Option<i32>) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :p)")
+                .expression_attribute_names("#pk", keys::PK)
+                .expression_attribute_names("#sk", keys::SK)
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":p", s(prefix))
+                .consistent_read(true)
+                .set_limit(limit)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", &self.table, e))?;
+            out.extend(page.items().iter().cloned());
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() || limit.is_some() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        for chunk in requests.chunks(25) {
+            let mut pending = chunk.to_vec();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("BatchWriteItem", &self.table, e))?;
+                pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
+                if !pending.is_empty() {
+                    super::backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn num(item: &Item, name: &str) -> u64 {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+impl DnsStore for DynamoDnsStore {
+    async fn acquire_lease(&self, holder: &str, now: UnixSeconds) -> Result<Option<u64>, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_LEASE_SK.into())))
+            .update_expression("SET #h = :h, #u = :u")
+            .condition_expression("attribute_not_exists(#h) OR #u < :now")
+            .expression_attribute_names("#h", attr::HOLDER)
+            .expression_attribute_names("#u", attr::LEASE_UNTIL)
+            .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":u", n(now + LEASE_SECONDS))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(out.attributes().map(|a| num(a, attr::NEXT_CALL_MS)).unwrap_or(0))),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(None),
+            Err(e) => Err(sdk_error("UpdateItem (take sync lease)", &self.table, e)),
+        }
+    }
+
+    async fn release_lease(&self, holder: &str, next_call_ms: u64) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_LEASE_SK.into())))
+            .update_expression("SET #n = :n REMOVE #h, #u")
+            .condition_expression("#h = :h")
+            .expression_attribute_names("#h", attr::HOLDER)
+            .expression_attribute_names("#u", attr::LEASE_UNTIL)
+            .expression_attribute_names("#n", attr::NEXT_CALL_MS)
+            .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":n", n(next_call_ms))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The lease expired and another run took it: nothing of ours to release.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(sdk_error("UpdateItem (release sync lease)", &self.table, e)),
+        }
+    }
+
+    async fn state(&self) -> Result<DnsState, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_STATE_SK.into())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", &self.table, e))?;
+        let Some(item) = out.item() else { return Ok(DnsState::default()) };
+        Ok(DnsState {
+            generation: num(item, attr::GENERATION),
+            applied_generation: num(item, attr::APPLIED_GENERATION),
+            retry_pending: item.get(attr::RETRY_PENDING).and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+            meshes: item.get(attr::MESHES).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default(),
+            zone_counts: item
+                .get(attr::ZONE_COUNTS)
+                .and_then(|v| v.as_m().ok())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_n().ok().and_then(|n| n.parse().ok()).unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            last_full_audit: num(item, attr::LAST_FULL_AUDIT),
+        })
+    }
+
+    async fn services(&self, meshes: &[String]) -> Result<Vec<ServiceRow>, StoreError> {
+        let mut out = Vec::new();
+        for mesh in meshes {
+            for item in self.query(&keys::mesh_pk(mesh), "SVC#", None).await? {
+                let sk = text(&item, keys::SK).unwrap_or_default();
+                let mut parts = sk.splitn(3, '#').skip(1);
+                let (Some(kind), Some(name)) = (parts.next().and_then(ServiceKind::from_code), parts.next()) else {
+                    return Err(StoreError::corrupt(format!("service item {sk:?} in mesh {mesh}")));
+                };
+                let vip = match text(&item, attr::VIP) {
+                    None => None,
+                    Some(v) => {
+                        Some(v.parse::<Ipv4Addr>().map_err(|_| StoreError::corrupt(format!("{sk}: vip {v:?}")))?)
+                    }
+                };
+                let labels = item
+                    .get(attr::LABELS)
+                    .and_then(|v| v.as_m().ok())
+                    .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_s().ok()?.clone()))).collect())
+                    .unwrap_or_default();
+                out.push(ServiceRow {
+                    key: ServiceKey::new(mesh, kind, name),
+                    vip,
+                    labels,
+                    assigned_at: num(&item, attr::ASSIGNED_AT),
+                    last_endpoint_change: num(&item, attr::LAST_ENDPOINT_CHANGE),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn generators(&self) -> Result<Vec<HostnameGenerator>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.query(keys::GLOBAL_PK, &keys::resource_sk("HostnameGenerator", ""), None).await? {
+            let doc = text(&item, attr::DOC).unwrap_or_default();
+            match parse_one(doc) {
+                Ok(Resource::HostnameGenerator(g)) => out.push(g),
+                // Applied resources were validated; a bad one is skipped, loudly.
+                other => {
+                    tracing::error!(item = ?text(&item, keys::SK), result = ?other.err(), "stored HostnameGenerator does not parse")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn has_endpoints(&self, key: &ServiceKey) -> Result<bool, StoreError> {
+        let items = self.query(&keys::mesh_pk(&key.mesh), &keys::endpoint_prefix(&key.name), Some(1)).await?;
+        Ok(!items.is_empty())
+    }
+
+    async fn owned(&self) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.query(keys::DNS_PK, "REC#", None).await? {
+            let bad = || StoreError::corrupt(format!("owned record {:?}", text(&item, keys::SK)));
+            let zone = text(&item, attr::ZONE).and_then(|z| HostedZoneId::parse(z).ok()).ok_or_else(bad)?;
+            let name = text(&item, attr::NAME).ok_or_else(bad)?.to_owned();
+            let value = text(&item, attr::VALUE).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+            let ttl = u32::try_from(num(&item, attr::TTL)).map_err(|_| bad())?;
+            out.push(Record { zone, name, value, ttl });
+        }
+        Ok(out)
+    }
+
+    async fn update_owned(&self, created: &[Record], deleted: &[Record]) -> Result<(), StoreError> {
+        // Deletes go in a request of their own before the puts: a replaced
+        // name is in both, and one batch may not touch a key twice.
+        let deletes = deleted
+            .iter()
+            .map(|r| {
+                let k = key(keys::DNS_PK.into(), keys::owned_record_sk(r.zone.as_str(), &r.name));
+                DeleteRequest::builder()
+                    .set_key(Some(k))
+                    .build()
+                    .map(|d| WriteRequest::builder().delete_request(d).build())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| build_err(&self.table, e))?;
+        self.batch_write(deletes).await?;
+        let puts = created
+            .iter()
+            .map(|r| {
+                let mut item = key(keys::DNS_PK.into(), keys::owned_record_sk(r.zone.as_str(), &r.name));
+                item.extend([
+                    (attr::ZONE.into(), s(r.zone.as_str())),
+                    (attr::NAME.into(), s(&r.name)),
+                    (attr::VALUE.into(), s(r.value.to_string())),
+                    (attr::TTL.into(), n(r.ttl.into())),
+                ]);
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map(|p| WriteRequest::builder().put_request(p).build())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| build_err(&self.table, e))?;
+        self.batch_write(puts).await
+    }
+
+    async fn set_conflicts(&self, conflicts: &[Conflict]) -> Result<(), StoreError> {
+        let existing = self.query(keys::STATUS_PK, "CONFLICT#", None).await?;
+        let wanted: BTreeMap<String, &Conflict> =
+            conflicts.iter().map(|c| (keys::conflict_sk(c.zone.as_str(), &c.name), c)).collect();
+        let mut requests = Vec::new();
+        for item in &existing {
+            let sk = text(item, keys::SK).unwrap_or_default();
+            let same = wanted.get(sk).is_some_and(|c| text(item, attr::REASON) == Some(&c.reason));
+            if !wanted.contains_key(sk) {
+                let d = DeleteRequest::builder()
+                    .set_key(Some(key(keys::STATUS_PK.into(), sk.to_owned())))
+                    .build()
+                    .map_err(|e| build_err(&self.table, e))?;
+                requests.push(WriteRequest::builder().delete_request(d).build());
+            } else if same {
+                continue;
+            }
+        }
+        for (sk, c) in &wanted {
+            if existing
+                .iter()
+                .any(|i| text(i, keys::SK) == Some(sk.as_str()) && text(i, attr::REASON) == Some(&c.reason))
+            {
+                continue;
+            }
+            let mut item = key(keys::STATUS_PK.into(), sk.clone());
+            item.extend([
+                (attr::ZONE.into(), s(c.zone.as_str())),
+                (attr::NAME.into(), s(&c.name)),
+                (attr::REASON.into(), s(&c.reason)),
+            ]);
+            let p = PutRequest::builder().set_item(Some(item)).build().map_err(|e| build_err(&self.table, e))?;
+            requests.push(WriteRequest::builder().put_request(p).build());
+            tracing::warn!(zone = %c.zone, name = %c.name, reason = %c.reason, "DNS conflict");
+        }
+        self.batch_write(requests).await
+    }
+
+    async fn collect(
+        &self,
+        service: &ServiceKey,
+        vip: Ipv4Addr,
+        seen_last_change: UnixSeconds,
+        quarantined_until: UnixSeconds,
+    ) -> Result<bool, StoreError> {
+        let pk = keys::mesh_pk(&service.mesh);
+        let lease = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), keys::lease_sk(vip))))
+            .update_expression("SET #q = :q")
+            .condition_expression("#o = :o AND attribute_not_exists(#q)")
+            .expression_attribute_names("#o", attr::OWNER)
+            .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
+            .expression_attribute_values(":o", s(service.owner_id()))
+            .expression_attribute_values(":q", n(quarantined_until))
+            .build()
+            .map_err(|e| build_err(&self.table, e))?;
+        // The guard: an endpoint registered since the decision moved
+        // last_endpoint_change, and then the service is not collected.
+        let guard = if seen_last_change == 0 { "attribute_not_exists(#c)" } else { "#c = :seen" };
+        let mut svc = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), keys::service_sk(service.kind, &service.name))))
+            .update_expression("SET #p = #v REMOVE #v")
+            .condition_expression(format!("#v = :v AND {guard}"))
+            .expression_attribute_names("#v", attr::VIP)
+            .expression_attribute_names("#p", attr::PREVIOUS_VIP)
+            .expression_attribute_names("#c", attr::LAST_ENDPOINT_CHANGE)
+            .expression_attribute_values(":v", s(vip.to_string()));
+        if seen_last_change != 0 {
+            svc = svc.expression_attribute_values(":seen", n(seen_last_change));
+        }
+        let view = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, keys::VIEW_SK.into())))
+            .update_expression("ADD #g :one")
+            .expression_attribute_names("#g", attr::GENERATION)
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(|e| build_err(&self.table, e))?;
+        let items = vec![
+            TransactWriteItem::builder().update(lease).build(),
+            TransactWriteItem::builder().update(svc.build().map_err(|e| build_err(&self.table, e))?).build(),
+            TransactWriteItem::builder().update(view).build(),
+        ];
+        Ok(transact(&self.client, &self.table, "TransactWriteItems (collect service)", items).await?.is_none())
+    }
+
+    async fn finish(&self, record: &RunRecord) -> Result<(), StoreError> {
+        let r = &record.report;
+        let counts = record.zone_counts.iter().map(|(z, c)| (z.clone(), n(*c))).collect();
+        let last = HashMap::from([
+            ("planned".to_owned(), n(r.planned)),
+            ("applied".to_owned(), n(r.applied)),
+            ("conflicts".to_owned(), n(r.conflicts)),
+            ("failed".to_owned(), n(r.failed)),
+            ("collected".to_owned(), n(r.collected)),
+            ("repaired".to_owned(), n(r.repaired)),
+        ]);
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_STATE_SK.into())))
+            .update_expression("SET #a = :a, #r = :r, #z = :z, #f = :f, #l = :l")
+            .expression_attribute_names("#a", attr::APPLIED_GENERATION)
+            .expression_attribute_names("#r", attr::RETRY_PENDING)
+            .expression_attribute_names("#z", attr::ZONE_COUNTS)
+            .expression_attribute_names("#f", attr::LAST_FULL_AUDIT)
+            .expression_attribute_names("#l", attr::LAST_SYNC)
+            .expression_attribute_values(":a", n(record.applied_generation))
+            .expression_attribute_values(":r", AttributeValue::Bool(record.retry_pending))
+            .expression_attribute_values(":z", AttributeValue::M(counts))
+            .expression_attribute_values(":f", n(record.last_full_audit))
+            .expression_attribute_values(":l", AttributeValue::M(last))
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateItem (finish sync)", &self.table, e))?;
+        Ok(())
+    }
+}
