@@ -69,7 +69,12 @@ async fn naive_tick(r53: &aws_sdk_route53::Client, zone: &HostedZoneId, domain: 
             })
             .collect();
         let batch = ChangeBatch::builder().set_changes(Some(changes)).build().expect("batch");
-        r53.change_resource_record_sets().hosted_zone_id(zone.as_str()).change_batch(batch).send().await.expect("naive upsert");
+        r53.change_resource_record_sets()
+            .hosted_zone_id(zone.as_str())
+            .change_batch(batch)
+            .send()
+            .await
+            .expect("naive upsert");
     }
 }
 
@@ -111,7 +116,14 @@ async fn scenario(services: u32, changes: u32, idle_hour: bool) -> Scenario {
                 .key(keys::PK, AttributeValue::S(keys::mesh_pk("default")))
                 .key(keys::SK, AttributeValue::S(keys::service_sk(ServiceKind::Service, name)))
                 .update_expression("SET vip = :v")
-                .expression_attribute_values(":v", AttributeValue::S(format!("127.9.{}.{}", name.len(), &name[4..].parse::<u32>().unwrap_or(0) % 250 + 1)))
+                .expression_attribute_values(
+                    ":v",
+                    AttributeValue::S(format!(
+                        "127.9.{}.{}",
+                        name.len(),
+                        &name[4..].parse::<u32>().unwrap_or(0) % 250 + 1
+                    )),
+                )
                 .send()
                 .await
                 .expect("change a VIP");
@@ -126,7 +138,8 @@ async fn scenario(services: u32, changes: u32, idle_hour: bool) -> Scenario {
         proxy.clear();
         let started = Instant::now();
         for tick in 0..TICKS_PER_HOUR {
-            let trigger = if tick % (TICKS_PER_HOUR / SCHEDULES_PER_HOUR) == 0 { Trigger::Schedule } else { Trigger::Changed };
+            let trigger =
+                if tick % (TICKS_PER_HOUR / SCHEDULES_PER_HOUR) == 0 { Trigger::Schedule } else { Trigger::Changed };
             sync.run(trigger, NOW + 100 + tick * 10).await.expect("idle tick");
         }
         ours = figures(&proxy, started);
@@ -163,11 +176,17 @@ async fn main() {
         ("idle hour, 1,000 services", scenario(1_000, 0, true).await),
     ];
     for (name, s) in rows {
-        let ratio = if s.ours.calls == 0 { "inf".to_owned() } else { format!("{:.1}x", s.naive.calls as f64 / s.ours.calls as f64) };
+        let ratio = if s.ours.calls == 0 {
+            "inf".to_owned()
+        } else {
+            format!("{:.1}x", s.naive.calls as f64 / s.ours.calls as f64)
+        };
         println!(
             "{name:<34} {:>10} {:>10} {:>9.1} | {:>10} {:>10} {:>9.1} | {:>11}",
             s.ours.calls, s.ours.throttled, s.ours.seconds, s.naive.calls, s.naive.throttled, s.naive.seconds, ratio
         );
     }
-    println!("idle hour: {TICKS_PER_HOUR} ticks at the 10 s refresh, {SCHEDULES_PER_HOUR} of them scheduled audits; naive = {TICKS_PER_HOUR} x one measured naive tick");
+    println!(
+        "idle hour: {TICKS_PER_HOUR} ticks at the 10 s refresh, {SCHEDULES_PER_HOUR} of them scheduled audits; naive = {TICKS_PER_HOUR} x one measured naive tick"
+    );
 }
