@@ -157,3 +157,17 @@ pub async fn by_hand(zone: &HostedZoneId, action: &str, name: &str, value: &str,
         .await
         .expect("change by hand");
 }
+
+/// A private zone for `domain` and settings that publish into it through `table`.
+pub async fn zone_settings(table: &str, domain: &str) -> (HostedZoneId, Settings) {
+    let zone = private_zone(domain).await;
+    let settings = super::ecs::settings(
+        table,
+        &[
+            ("KUMA_DNS_SERVER_DOMAIN", domain),
+            ("KMESH_RUNTIME_AWS_ROUTE53_ENABLED", "true"),
+            ("KMESH_RUNTIME_AWS_ROUTE53_HOSTED_ZONE_ID", zone.as_str()),
+        ],
+    );
+    (zone, settings)
+}

@@ -9,7 +9,7 @@ use loopmesh_shared::dns::sync::{SyncError, Trigger};
 use loopmesh_shared::store::dynamo::DynamoVipLedger;
 use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::{AllocError, ServiceKey, ServiceKind, VipLedger, VipPool, allocate};
-use loopmesh_tests::dns::{a_records, bump_dns, by_hand, private_zone, seed_services, syncer};
+use loopmesh_tests::dns::{a_records, bump_dns, by_hand, private_zone, seed_services, syncer, zone_settings};
 use loopmesh_tests::ecs::settings;
 use loopmesh_tests::route53_proxy::{Limits, Route53Proxy};
 use loopmesh_tests::{attr_s, dynamo_client, endpoint, fresh_table, query_prefix, unique};
@@ -29,15 +29,7 @@ async fn bed(name: &str) -> Bed {
     let table = fresh_table(&client, name).await;
     // Each test its own domain, so zones of parallel tests never mix.
     let domain = format!("{}.mesh.local", name.replace('_', "-"));
-    let zone = private_zone(&domain).await;
-    let settings = settings(
-        &table,
-        &[
-            ("KUMA_DNS_SERVER_DOMAIN", &domain),
-            ("KMESH_RUNTIME_AWS_ROUTE53_ENABLED", "true"),
-            ("KMESH_RUNTIME_AWS_ROUTE53_HOSTED_ZONE_ID", zone.as_str()),
-        ],
-    );
+    let (zone, settings) = zone_settings(&table, &domain).await;
     Bed { client, table, zone, domain, settings }
 }
 

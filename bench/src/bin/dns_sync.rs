@@ -14,8 +14,7 @@ use loopmesh_shared::config::HostedZoneId;
 use loopmesh_shared::dns::sync::Trigger;
 use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::ServiceKind;
-use loopmesh_tests::dns::{bump_dns, private_zone, seed_services, syncer};
-use loopmesh_tests::ecs::settings;
+use loopmesh_tests::dns::{bump_dns, seed_services, syncer, zone_settings};
 use loopmesh_tests::route53_proxy::{Limits, Route53Proxy};
 use loopmesh_tests::{endpoint, fresh_table, sdk_config};
 use tokio::time::Instant;
@@ -88,15 +87,7 @@ async fn scenario(services: u32, changes: u32, idle_hour: bool) -> Scenario {
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let table = fresh_table(&dynamo, "bench-dns").await;
     let domain = format!("b{}.mesh.local", loopmesh_tests::unique().replace('-', ""));
-    let zone = private_zone(&domain).await;
-    let s = settings(
-        &table,
-        &[
-            ("KUMA_DNS_SERVER_DOMAIN", &domain),
-            ("KMESH_RUNTIME_AWS_ROUTE53_ENABLED", "true"),
-            ("KMESH_RUNTIME_AWS_ROUTE53_HOSTED_ZONE_ID", zone.as_str()),
-        ],
-    );
+    let (zone, s) = zone_settings(&table, &domain).await;
     let vips: Vec<(String, String)> = seed_services(&dynamo, &table, "default", services, NOW)
         .await
         .into_iter()
