@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use loopmesh_shared::aws::sdk_config;
 use loopmesh_shared::config::Settings;
 use loopmesh_shared::model::parse_documents;
 use loopmesh_shared::store::dynamo::{self, DynamoVipLedger};
@@ -94,8 +95,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Validate { files } => Ok(validate(&files)),
         Command::Table(TableCommand::Create) => {
             let settings = settings()?;
-            let client =
-                aws_sdk_dynamodb::Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
+            let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
             let def = table::definition().map_err(|e| e.to_string())?;
             let created = dynamo::create_table(&client, &settings.table_name, &def).await.map_err(|e| {
                 format!("{e}\n  check AWS credentials, AWS_REGION and AWS_ENDPOINT_URL, and that the caller may create tables")
@@ -107,8 +107,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let settings = settings()?;
             let kind = ServiceKind::from(kind);
             let pool = VipPool::new(settings.pools.for_kind(kind)).map_err(|e| e.to_string())?;
-            let client =
-                aws_sdk_dynamodb::Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
+            let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
             let ledger = DynamoVipLedger::new(client, settings.table_name.clone());
             let now = unix_now();
             println!("{:<24} {:<12} {:<16}", "SERVICE", "MESH", "VIP");

@@ -4,8 +4,7 @@
 //! failures, for longer each time, never more than half of them at once.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,20 +23,17 @@ pub struct EndpointState {
     /// Open connections: the least-connections signal.
     pub active: AtomicUsize,
     failures: AtomicU32,
-    // A std mutex: held for a compare and a store, never across an await.
-    ejection: Mutex<Ejection>,
-}
-
-#[derive(Debug, Default)]
-struct Ejection {
-    until: Option<Instant>,
-    times: u32,
+    /// Nanoseconds after the balancer's `epoch` until which the endpoint is
+    /// ejected (0: never ejected). Atomic so the per-connection pick takes no lock.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
 }
 
 #[derive(Debug)]
 pub struct Balancer {
     endpoints: Vec<EndpointState>,
     local_zone: Option<String>,
+    epoch: Instant,
     pub ejections: AtomicUsize,
 }
 
@@ -50,36 +46,43 @@ impl Balancer {
                 zone: e.zone.clone(),
                 active: AtomicUsize::new(0),
                 failures: AtomicU32::new(0),
-                ejection: Mutex::new(Ejection::default()),
+                ejected_until: AtomicU64::new(0),
+                ejections: AtomicU32::new(0),
             })
             .collect();
-        Self { endpoints, local_zone, ejections: AtomicUsize::new(0) }
+        Self { endpoints, local_zone, epoch: Instant::now(), ejections: AtomicUsize::new(0) }
     }
 
     pub fn endpoints(&self) -> &[EndpointState] {
         &self.endpoints
     }
 
-    fn healthy(&self, e: &EndpointState, now: Instant) -> bool {
-        e.ejection.lock().unwrap_or_else(std::sync::PoisonError::into_inner).until.is_none_or(|u| u <= now)
+    fn since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The endpoint for a new connection, skipping `tried`.
+    fn healthy(&self, i: usize, now: Instant) -> bool {
+        self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= self.since_epoch(now)
+    }
+
+    fn local(&self, i: usize) -> bool {
+        self.local_zone.is_some() && self.endpoints[i].zone == self.local_zone
+    }
+
+    /// The endpoint for a new connection, skipping `tried`. Allocation-free:
+    /// it runs for every accepted connection.
     pub fn pick(&self, tried: &[usize], now: Instant) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.endpoints.len())
-            .filter(|i| !tried.contains(i) && self.healthy(&self.endpoints[*i], now))
-            .collect();
-        let local: Vec<usize> = match &self.local_zone {
-            Some(z) => candidates.iter().copied().filter(|i| self.endpoints[*i].zone.as_ref() == Some(z)).collect(),
-            None => Vec::new(),
-        };
-        let pool = if local.is_empty() { &candidates } else { &local };
-        match pool.len() {
+        let n = self.endpoints.len();
+        let usable = |i: &usize| !tried.contains(i) && self.healthy(*i, now);
+        let local_count = (0..n).filter(|i| self.local(*i) && usable(i)).count();
+        let in_pool = |i: &usize| usable(i) && (local_count == 0 || self.local(*i));
+        let count = if local_count > 0 { local_count } else { (0..n).filter(usable).count() };
+        let nth = |k: usize| (0..n).filter(in_pool).nth(k);
+        match count {
             0 => None,
-            1 => Some(pool[0]),
-            n => {
-                let a = pool[fastrand::usize(..n)];
-                let b = pool[fastrand::usize(..n)];
+            1 => nth(0),
+            _ => {
+                let (a, b) = (nth(fastrand::usize(..count))?, nth(fastrand::usize(..count))?);
                 let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }
@@ -96,14 +99,13 @@ impl Balancer {
         if e.failures.fetch_add(1, Ordering::Relaxed) + 1 < EJECT_AFTER {
             return false;
         }
-        let ejected_now = self.endpoints.iter().filter(|o| !self.healthy(o, now)).count();
+        let ejected_now = (0..self.endpoints.len()).filter(|o| !self.healthy(*o, now)).count();
         if (ejected_now + 1) * 2 > self.endpoints.len().max(1) {
             return false; // never more than half ejected: better a slow pool than none
         }
-        let mut ej = e.ejection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let span = (BASE_EJECTION * 2u32.saturating_pow(ej.times.min(6))).min(MAX_EJECTION);
-        ej.until = Some(now + span);
-        ej.times += 1;
+        let times = e.ejections.fetch_add(1, Ordering::Relaxed);
+        let span = (BASE_EJECTION * 2u32.saturating_pow(times.min(6))).min(MAX_EJECTION);
+        e.ejected_until.store(self.since_epoch(now + span), Ordering::Relaxed);
         e.failures.store(0, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         true

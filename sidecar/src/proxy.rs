@@ -69,17 +69,17 @@ pub async fn serve(
 
 async fn carry(mut client: TcpStream, balancer: &Balancer, stats: &OutboundStats, settings: ProxySettings) {
     let _ = client.set_nodelay(true);
-    let mut tried = Vec::with_capacity(CONNECT_ATTEMPTS);
+    // On the stack: no allocation per connection for the retry bookkeeping.
+    let mut tried = [usize::MAX; CONNECT_ATTEMPTS];
+    let mut attempts = 0;
     let (index, mut upstream) = loop {
-        if tried.len() == CONNECT_ATTEMPTS {
-            stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let Some(i) = balancer.pick(&tried, Instant::now()) else {
+        let next = if attempts < CONNECT_ATTEMPTS { balancer.pick(&tried[..attempts], Instant::now()) } else { None };
+        let Some(i) = next else {
             stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
             return; // dropping the client closes it at once
         };
-        tried.push(i);
+        tried[attempts] = i;
+        attempts += 1;
         let addr = balancer.endpoints()[i].address;
         match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {

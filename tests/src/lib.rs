@@ -29,7 +29,7 @@ pub fn endpoint() -> String {
 /// SDK configuration for the emulator, with the standard variables the script exports.
 pub async fn sdk_config() -> SdkConfig {
     endpoint();
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+    loopmesh_shared::aws::sdk_config().await
 }
 
 pub async fn dynamo_client() -> aws_sdk_dynamodb::Client {
@@ -68,12 +68,8 @@ pub async fn item_count(client: &aws_sdk_dynamodb::Client, table: &str) -> usize
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), fastrand_u32())
-}
-
-fn fastrand_u32() -> u32 {
-    // Enough to keep two runs against one emulator apart; no extra crate needed.
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    // The random part keeps two runs against one emulator apart.
+    format!("{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), fastrand::u32(..))
 }
 
 /// Counts HTTP attempts per operation (retries included), as AWS bills and throttles them.

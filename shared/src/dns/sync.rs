@@ -94,6 +94,7 @@ pub trait DnsStore: Send + Sync {
         key: &ServiceKey,
         vip: Ipv4Addr,
         seen_last_change: UnixSeconds,
+        now: UnixSeconds,
         quarantined_until: UnixSeconds,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn finish(&self, record: &RunRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -310,7 +311,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
                 if let (Some(vip), true) = (row.vip, all_gone)
                     && self
                         .store
-                        .collect(&row.key, vip, row.last_endpoint_change, now + self.settings.quarantine)
+                        .collect(&row.key, vip, row.last_endpoint_change, now, now + self.settings.quarantine)
                         .await?
                 {
                     report.collected += 1;

@@ -5,11 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, ReturnValue, WriteRequest};
 
-use super::{build_err, key, n, s, sdk_error, transact};
+use super::{build_err, bump_generation, key, n, s, sdk_error, transact};
 use crate::config::HostedZoneId;
 use crate::dns::Record;
 use crate::dns::sync::{Conflict, DnsState, DnsStore, LEASE_SECONDS, RunRecord, ServiceRow};
@@ -272,15 +270,12 @@ impl DnsStore for DynamoDnsStore {
         let mut requests = Vec::new();
         for item in &existing {
             let sk = text(item, keys::SK).unwrap_or_default();
-            let same = wanted.get(sk).is_some_and(|c| text(item, attr::REASON) == Some(&c.reason));
             if !wanted.contains_key(sk) {
                 let d = DeleteRequest::builder()
                     .set_key(Some(key(keys::STATUS_PK.into(), sk.to_owned())))
                     .build()
                     .map_err(|e| build_err(&self.table, e))?;
                 requests.push(WriteRequest::builder().delete_request(d).build());
-            } else if same {
-                continue;
             }
         }
         for (sk, c) in &wanted {
@@ -308,48 +303,13 @@ impl DnsStore for DynamoDnsStore {
         service: &ServiceKey,
         vip: Ipv4Addr,
         seen_last_change: UnixSeconds,
+        now: UnixSeconds,
         quarantined_until: UnixSeconds,
     ) -> Result<bool, StoreError> {
-        let pk = keys::mesh_pk(&service.mesh);
-        let lease = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), keys::lease_sk(vip))))
-            .update_expression("SET #q = :q")
-            .condition_expression("#o = :o AND attribute_not_exists(#q)")
-            .expression_attribute_names("#o", attr::OWNER)
-            .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
-            .expression_attribute_values(":o", s(service.owner_id()))
-            .expression_attribute_values(":q", n(quarantined_until))
-            .build()
-            .map_err(|e| build_err(&self.table, e))?;
-        // The guard: an endpoint registered since the decision moved
-        // last_endpoint_change, and then the service is not collected.
-        let guard = if seen_last_change == 0 { "attribute_not_exists(#c)" } else { "#c = :seen" };
-        let mut svc = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), keys::service_sk(service.kind, &service.name))))
-            .update_expression("SET #p = #v REMOVE #v")
-            .condition_expression(format!("#v = :v AND {guard}"))
-            .expression_attribute_names("#v", attr::VIP)
-            .expression_attribute_names("#p", attr::PREVIOUS_VIP)
-            .expression_attribute_names("#c", attr::LAST_ENDPOINT_CHANGE)
-            .expression_attribute_values(":v", s(vip.to_string()));
-        if seen_last_change != 0 {
-            svc = svc.expression_attribute_values(":seen", n(seen_last_change));
-        }
-        let view = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, keys::VIEW_SK.into())))
-            .update_expression("ADD #g :one")
-            .expression_attribute_names("#g", attr::GENERATION)
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(|e| build_err(&self.table, e))?;
-        let items = vec![
-            TransactWriteItem::builder().update(lease).build(),
-            TransactWriteItem::builder().update(svc.build().map_err(|e| build_err(&self.table, e))?).build(),
-            TransactWriteItem::builder().update(view).build(),
-        ];
+        let mut items =
+            super::vip_ledger::release_items(&self.table, service, vip, quarantined_until, Some(seen_last_change))?;
+        // Sidecars drop the VIP's listener on their next view check.
+        items.push(bump_generation(&self.table, keys::mesh_pk(&service.mesh), keys::VIEW_SK, now)?);
         Ok(transact(&self.client, &self.table, "TransactWriteItems (collect service)", items).await?.is_none())
     }
 

@@ -155,6 +155,28 @@ pub(crate) fn key(pk: String, sk: String) -> std::collections::HashMap<String, A
     std::collections::HashMap::from([(super::keys::PK.to_owned(), s(pk)), (super::keys::SK.to_owned(), s(sk))])
 }
 
+/// `ADD generation 1` on a counter item (a mesh's view, the DNS state): how
+/// readers learn that something changed with one small read.
+pub(crate) fn bump_generation(
+    table: &str,
+    pk: String,
+    sk: &str,
+    now: crate::vip::UnixSeconds,
+) -> Result<TransactWriteItem, StoreError> {
+    use super::keys::attr;
+    let u = aws_sdk_dynamodb::types::Update::builder()
+        .table_name(table)
+        .set_key(Some(key(pk, sk.to_owned())))
+        .update_expression("ADD #g :one SET #u = :now")
+        .expression_attribute_names("#g", attr::GENERATION)
+        .expression_attribute_names("#u", attr::UPDATED_AT)
+        .expression_attribute_values(":one", n(1))
+        .expression_attribute_values(":now", n(now))
+        .build()
+        .map_err(|e| build_err(table, e))?;
+    Ok(TransactWriteItem::builder().update(u).build())
+}
+
 pub(crate) fn build_err(table: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::new(StoreErrorKind::Rejected, format!("building a request for table {table:?}: {e}"))
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
-use super::{build_err, key, n, s, sdk_error, transact};
+use super::{build_err, bump_generation, key, n, s, sdk_error, transact};
 use crate::model::MeshServicesMode;
 use crate::registration::{RefusalRecord, Registration, Registry, TaskRecord, WriteOutcome};
 use crate::store::keys::{self, attr};
@@ -36,20 +36,6 @@ impl DynamoRegistry {
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
         build_err(&self.table, e)
-    }
-
-    fn bump(&self, pk: String, sk: &str, now: UnixSeconds) -> Result<TransactWriteItem, StoreError> {
-        let u = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk.to_owned())))
-            .update_expression("ADD #g :one SET #u = :now")
-            .expression_attribute_names("#g", attr::GENERATION)
-            .expression_attribute_names("#u", attr::UPDATED_AT)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now))
-            .build()
-            .map_err(|e| self.err(e))?;
-        Ok(TransactWriteItem::builder().update(u).build())
     }
 }
 
@@ -174,7 +160,7 @@ impl Registry for DynamoRegistry {
             }
             items.push(TransactWriteItem::builder().update(u.build().map_err(|e| self.err(e))?).build());
         }
-        items.push(self.bump(mesh_pk, keys::VIEW_SK, reg.now)?);
+        items.push(bump_generation(&self.table, mesh_pk, keys::VIEW_SK, reg.now)?);
         if reg.dns_changed {
             // dns-sync learns of the change, and of the mesh to read services from.
             let u = Update::builder()
@@ -252,7 +238,7 @@ impl Registry for DynamoRegistry {
             items.push(TransactWriteItem::builder().update(u).build());
         }
         if seen.mesh.is_some() {
-            items.push(self.bump(mesh_pk, keys::VIEW_SK, now)?);
+            items.push(bump_generation(&self.table, mesh_pk, keys::VIEW_SK, now)?);
         }
         match transact(&self.client, &self.table, "TransactWriteItems (deregister task)", items.clone()).await? {
             None => Ok(WriteOutcome::Applied),

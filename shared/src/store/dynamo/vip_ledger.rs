@@ -211,32 +211,53 @@ impl VipLedger for DynamoVipLedger {
         addr: Ipv4Addr,
         quarantined_until: UnixSeconds,
     ) -> Result<bool, StoreError> {
-        let pk = keys::mesh_pk(&key.mesh);
-        let lease = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(self.key(pk.clone(), keys::lease_sk(addr))))
-            .update_expression("SET #q = :q")
-            .condition_expression("#o = :o AND attribute_not_exists(#q)")
-            .expression_attribute_names("#o", attr::OWNER)
-            .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
-            .expression_attribute_values(":o", s(key.owner_id()))
-            .expression_attribute_values(":q", n(quarantined_until))
-            .build()
-            .map_err(|e| self.build_err(e))?;
-        let service = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(self.key(pk, keys::service_sk(key.kind, &key.name))))
-            .update_expression("SET #p = #v REMOVE #v")
-            .condition_expression("#v = :v")
-            .expression_attribute_names("#v", attr::VIP)
-            .expression_attribute_names("#p", attr::PREVIOUS_VIP)
-            .expression_attribute_values(":v", s(addr.to_string()))
-            .build()
-            .map_err(|e| self.build_err(e))?;
-        let items = vec![
-            TransactWriteItem::builder().update(lease).build(),
-            TransactWriteItem::builder().update(service).build(),
-        ];
+        let items = release_items(&self.table, key, addr, quarantined_until, None)?;
         Ok(self.transact("TransactWriteItems (release VIP)", items).await?.is_none())
     }
+}
+
+/// The two writes that release a VIP: the lease goes into quarantine (only if
+/// `key` holds it), and the service's `vip` moves to `previous_vip`. With
+/// `guard`, the service must still show that `last_endpoint_change` (0: none),
+/// so a task registering meanwhile keeps its service from being collected.
+pub(crate) fn release_items(
+    table: &str,
+    service: &ServiceKey,
+    addr: Ipv4Addr,
+    quarantined_until: UnixSeconds,
+    guard: Option<UnixSeconds>,
+) -> Result<Vec<TransactWriteItem>, StoreError> {
+    let pk = keys::mesh_pk(&service.mesh);
+    let lease = Update::builder()
+        .table_name(table)
+        .set_key(Some(key(pk.clone(), keys::lease_sk(addr))))
+        .update_expression("SET #q = :q")
+        .condition_expression("#o = :o AND attribute_not_exists(#q)")
+        .expression_attribute_names("#o", attr::OWNER)
+        .expression_attribute_names("#q", attr::QUARANTINED_UNTIL)
+        .expression_attribute_values(":o", s(service.owner_id()))
+        .expression_attribute_values(":q", n(quarantined_until))
+        .build()
+        .map_err(|e| build_err(table, e))?;
+    let mut svc = Update::builder()
+        .table_name(table)
+        .set_key(Some(key(pk, keys::service_sk(service.kind, &service.name))))
+        .update_expression("SET #p = #v REMOVE #v")
+        .expression_attribute_names("#v", attr::VIP)
+        .expression_attribute_names("#p", attr::PREVIOUS_VIP)
+        .expression_attribute_values(":v", s(addr.to_string()));
+    svc = match guard {
+        None => svc.condition_expression("#v = :v"),
+        Some(0) => svc
+            .condition_expression("#v = :v AND attribute_not_exists(#c)")
+            .expression_attribute_names("#c", attr::LAST_ENDPOINT_CHANGE),
+        Some(seen) => svc
+            .condition_expression("#v = :v AND #c = :seen")
+            .expression_attribute_names("#c", attr::LAST_ENDPOINT_CHANGE)
+            .expression_attribute_values(":seen", n(seen)),
+    };
+    Ok(vec![
+        TransactWriteItem::builder().update(lease).build(),
+        TransactWriteItem::builder().update(svc.build().map_err(|e| build_err(table, e))?).build(),
+    ])
 }
