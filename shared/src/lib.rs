@@ -16,6 +16,7 @@
 //!   and one dns-sync run over ports for Route53 and the table.
 //! - [`store`]: the table: definition, key layout, DynamoDB adapters.
 //! - [`aws`]: ECS and IAM adapters, SDK configuration and error mapping.
+//! - [`view`]: the mesh view a sidecar serves, built from service and endpoint rows.
 //!
 //! Domain modules never see an AWS SDK type; adapters live under [`store`] and
 //! translate at the edge.
@@ -29,4 +30,5 @@ pub mod model;
 pub mod registration;
 pub mod store;
 pub mod template;
+pub mod view;
 pub mod vip;

@@ -4,21 +4,43 @@
 //! failures, for longer each time, never more than half of them at once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::view::Endpoint;
+use crate::view::{Endpoint, split_host_port};
 
 /// Consecutive connect failures that eject an endpoint.
 pub const EJECT_AFTER: u32 = 3;
 const BASE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
+/// Where a connection goes: an address, or a name resolved at connect time
+/// (MeshExternalService endpoints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Socket(SocketAddr),
+    Name(String, u16),
+}
+
+impl Target {
+    pub fn parse(address: &str) -> Option<Self> {
+        if let Ok(sa) = address.parse() {
+            return Some(Self::Socket(sa));
+        }
+        split_host_port(address).map(|(h, p)| Self::Name(h.to_owned(), p))
+    }
+}
+
+/// One endpoint's live state. Shared (`Arc`) between the balancers of
+/// successive views, so its open-connection count and health survive a
+/// refresh that keeps it.
 #[derive(Debug)]
 pub struct EndpointState {
-    pub address: SocketAddr,
+    pub address: String,
+    pub target: Target,
     pub zone: Option<String>,
     /// Open connections: the least-connections signal.
     pub active: AtomicUsize,
@@ -31,29 +53,46 @@ pub struct EndpointState {
 
 #[derive(Debug)]
 pub struct Balancer {
-    endpoints: Vec<EndpointState>,
+    endpoints: Vec<Arc<EndpointState>>,
     local_zone: Option<String>,
     epoch: Instant,
     pub ejections: AtomicUsize,
 }
 
 impl Balancer {
+    /// `local_zone: None` turns zone preference off. Endpoints whose address
+    /// does not parse are left out (a validated view has none).
     pub fn new(endpoints: &[Endpoint], local_zone: Option<String>) -> Self {
-        let endpoints = endpoints
-            .iter()
-            .map(|e| EndpointState {
-                address: e.address,
-                zone: e.zone.clone(),
-                active: AtomicUsize::new(0),
-                failures: AtomicU32::new(0),
-                ejected_until: AtomicU64::new(0),
-                ejections: AtomicU32::new(0),
-            })
-            .collect();
-        Self { endpoints, local_zone, epoch: Instant::now(), ejections: AtomicUsize::new(0) }
+        Self::carry_over(endpoints, local_zone, None)
     }
 
-    pub fn endpoints(&self) -> &[EndpointState] {
+    /// A balancer for a new view that keeps the state of endpoints `previous`
+    /// already had: their connection counts and ejections.
+    pub fn carry_over(endpoints: &[Endpoint], local_zone: Option<String>, previous: Option<&Balancer>) -> Self {
+        let endpoints = endpoints
+            .iter()
+            .filter_map(|e| {
+                let kept =
+                    previous.and_then(|p| p.endpoints.iter().find(|s| s.address == e.address && s.zone == e.zone));
+                if let Some(kept) = kept {
+                    return Some(kept.clone());
+                }
+                Some(Arc::new(EndpointState {
+                    address: e.address.clone(),
+                    target: Target::parse(&e.address)?,
+                    zone: e.zone.clone(),
+                    active: AtomicUsize::new(0),
+                    failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
+                }))
+            })
+            .collect();
+        let epoch = previous.map_or_else(Instant::now, |p| p.epoch);
+        Self { endpoints, local_zone, epoch, ejections: AtomicUsize::new(0) }
+    }
+
+    pub fn endpoints(&self) -> &[Arc<EndpointState>] {
         &self.endpoints
     }
 
@@ -82,7 +121,10 @@ impl Balancer {
             0 => None,
             1 => nth(0),
             _ => {
-                let (a, b) = (nth(fastrand::usize(..count))?, nth(fastrand::usize(..count))?);
+                // Two distinct candidates: with two endpoints the less loaded always wins.
+                let ka = fastrand::usize(..count);
+                let kb = fastrand::usize(..count - 1);
+                let (a, b) = (nth(ka)?, nth(if kb >= ka { kb + 1 } else { kb })?);
                 let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }
@@ -120,10 +162,7 @@ mod tests {
         zones
             .iter()
             .enumerate()
-            .map(|(i, z)| Endpoint {
-                address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
-                zone: Some((*z).into()),
-            })
+            .map(|(i, z)| Endpoint { address: format!("10.0.0.{}:80", i + 1), zone: Some((*z).into()) })
             .collect()
     }
 
@@ -164,8 +203,25 @@ mod tests {
         let b = Balancer::new(&eps(&["a", "a"]), None);
         b.endpoints[0].active.store(10, Ordering::Relaxed);
         let picks: Vec<_> = (0..200).map(|_| b.pick(&[], Instant::now()).unwrap()).collect();
-        assert!(picks.iter().filter(|p| **p == 1).count() > 140);
+        assert!(picks.iter().all(|p| *p == 1), "the less loaded of two always wins");
         assert_eq!(b.pick(&[1], Instant::now()), Some(0));
         assert_eq!(b.pick(&[0, 1], Instant::now()), None);
+    }
+}
+
+#[cfg(test)]
+mod carry_over_tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_state_of_endpoints_that_stay() {
+        let a = Endpoint { address: "10.0.0.1:80".into(), zone: None };
+        let b = Endpoint { address: "db.example.com:5432".into(), zone: None };
+        let first = Balancer::new(std::slice::from_ref(&a), None);
+        first.endpoints()[0].active.store(4, Ordering::Relaxed);
+        let second = Balancer::carry_over(&[a, b], None, Some(&first));
+        assert_eq!(second.endpoints()[0].active.load(Ordering::Relaxed), 4);
+        assert!(Arc::ptr_eq(&first.endpoints()[0], &second.endpoints()[0]));
+        assert_eq!(second.endpoints()[1].target, Target::Name("db.example.com".into(), 5432));
     }
 }

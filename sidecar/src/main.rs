@@ -1,66 +1,214 @@
-//! `loopmesh-sidecar run --view-file FILE`: serves the outbounds of a static
-//! view. Flags of the Kong Mesh example (`--bind-outbounds`,
-//! `--dataplane-var`, `--cp-address`, `--auth-type`) are accepted so a task
-//! definition keeps its command; the DynamoDB view, inbounds and the admin
-//! endpoint are not built yet.
+//! `loopmesh-sidecar run`: the sidecar container of a mesh task.
+//!
+//! Accepts the command of the Kong Mesh ECS example task definitions
+//! (`run --bind-outbounds --dataplane-var k=v ...` with the Dataplane template
+//! in `KUMA_DATAPLANE_RUNTIME_RESOURCE`), so an operator swaps the image and
+//! keeps the task definition.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use loopmesh_sidecar::balance::Balancer;
-use loopmesh_sidecar::proxy::{OutboundStats, ProxySettings, serve};
-use loopmesh_sidecar::view::View;
+use clap::{Args, Parser, Subcommand};
+use loopmesh_shared::config::Settings;
+use loopmesh_shared::model::DataplaneVars;
+use loopmesh_shared::store::dynamo::DynamoMeshView;
+use loopmesh_sidecar::admin::Admin;
+use loopmesh_sidecar::listeners::{InboundSpec, Listeners};
+use loopmesh_sidecar::proxy::ProxySettings;
+use loopmesh_sidecar::source::{Source, ViewStatus, refresh};
+use loopmesh_sidecar::task::{self, TaskMetadata};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loopmesh-sidecar",
+    version,
+    about = "The loopmesh data path: VIP listeners, load balancing, inbounds"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve this task's outbounds and inbounds.
+    ///
+    /// Example (ECS task definition command):
+    ///   run --bind-outbounds --dataplane-var address=10.0.2.11 --dataplane-var dpname=redis-1
+    /// Example (a static view, no AWS):
+    ///   run --view-file view.json --zone us-east-1a
+    Run(RunArgs),
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v).map_err(|e| format!("{v:?} is not a duration like 500ms, 2s or 1m: {e}"))
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Listen on the VIPs of the mesh's services (always on; accepted for
+    /// task definitions written for kuma-dp).
+    #[arg(long)]
+    bind_outbounds: bool,
+    /// KEY=VALUE for the Dataplane template; `address`, `dpname` and `zone`
+    /// default to the ECS task metadata.
+    #[arg(long = "dataplane-var", value_name = "KEY=VALUE", value_parser = key_value)]
+    dataplane_vars: Vec<(String, String)>,
+    /// A static view (the JSON `/config` prints) instead of the table; read
+    /// again when it changes.
+    #[arg(long, value_name = "FILE")]
+    view_file: Option<PathBuf>,
+    /// The mesh to read when there is no Dataplane template.
+    #[arg(long)]
+    mesh: Option<String>,
+    /// This task's availability zone (default: the ECS task metadata, or the `zone` variable).
+    #[arg(long)]
+    zone: Option<String>,
+    #[arg(long, env = "LOOPMESH_SIDECAR_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
+    admin_address: SocketAddr,
+    /// How often the view's generation is checked.
+    #[arg(long, env = "LOOPMESH_SIDECAR_REFRESH_INTERVAL", default_value = "1s", value_parser = duration)]
+    refresh_interval: Duration,
+    #[arg(long, env = "LOOPMESH_SIDECAR_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    #[arg(long, env = "LOOPMESH_SIDECAR_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
+    idle_timeout: Duration,
+    /// How long open connections may finish after SIGTERM or their VIP's removal.
+    #[arg(long, env = "LOOPMESH_SIDECAR_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// Prefer endpoints in this task's availability zone while any there is healthy.
+    #[arg(long, env = "LOOPMESH_SIDECAR_ZONE_PREFERENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    zone_preference: bool,
+    /// One log line per connection.
+    #[arg(long, env = "LOOPMESH_SIDECAR_ACCESS_LOG")]
+    access_log: bool,
+    /// For a control-plane server; loopmesh has none.
+    #[arg(long, hide = true)]
+    cp_address: Option<String>,
+    #[arg(long, hide = true)]
+    auth_type: Option<String>,
+}
+
+fn key_value(v: &str) -> Result<(String, String), String> {
+    v.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{v:?} is not KEY=VALUE"))
+}
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("run") {
-        eprintln!("usage: loopmesh-sidecar run --view-file FILE [--zone ZONE]");
-        return std::process::ExitCode::from(2);
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let Command::Run(args) = Cli::parse().command;
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "loopmesh-sidecar cannot start");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    if args.iter().any(|a| a.starts_with("--cp-address") || a.starts_with("--auth-type")) {
+}
+
+/// Raises the open-file limit to the hard limit: each listener and each
+/// connection's two sockets hold a descriptor.
+fn raise_nofile() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(
+            open_files = limit,
+            listeners = limit.saturating_sub(64),
+            "open-file limit raised; each listener takes one, each connection two (four while it moves data)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    if args.cp_address.is_some() || args.auth_type.is_some() {
         tracing::warn!(
             "--cp-address and --auth-type are for a control-plane server; loopmesh has none and ignores them"
         );
     }
-    let Some(path) = value("--view-file") else {
-        eprintln!("error: --view-file FILE is required (the DynamoDB view is not built yet)");
-        return std::process::ExitCode::from(2);
+    raise_nofile();
+    let vars: DataplaneVars = args.dataplane_vars.iter().cloned().collect();
+    let template = std::env::var("KUMA_DATAPLANE_RUNTIME_RESOURCE").ok().filter(|t| !t.trim().is_empty());
+    let meta = match std::env::var("ECS_CONTAINER_METADATA_URI_V4") {
+        Ok(uri) if !uri.is_empty() => task::metadata(&uri).await?,
+        _ => TaskMetadata::default(),
     };
-    let view: View = match std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {path}: {e}");
-            return std::process::ExitCode::FAILURE;
+    let (mesh, inbounds): (Option<String>, Vec<InboundSpec>) = match &template {
+        Some(t) => {
+            let dp = task::render(t, vars.clone(), &meta)?;
+            let ib = task::inbounds(&dp)?;
+            tracing::info!(dataplane = %dp.name, mesh = %dp.mesh, address = %dp.address, inbounds = ib.len(), "dataplane rendered");
+            (Some(dp.mesh), ib)
+        }
+        None => (args.mesh.clone(), Vec::new()),
+    };
+    let zone = args.zone.clone().or_else(|| vars.get("zone").cloned()).or(meta.zone);
+    let source = match (&args.view_file, mesh) {
+        (Some(path), _) => Source::File(path.clone()),
+        (None, Some(mesh)) => {
+            let settings = Settings::from_env().map_err(|e| e.to_string())?;
+            let client = aws_sdk_dynamodb::Client::new(&loopmesh_shared::aws::sdk_config().await);
+            Source::Table {
+                reader: DynamoMeshView::new(client, settings.table_name),
+                mesh,
+                vip_port: settings.vip_port,
+            }
+        }
+        (None, None) => {
+            return Err(
+                "no view: give --view-file FILE, or KUMA_DATAPLANE_RUNTIME_RESOURCE or --mesh to read the table".into(),
+            );
         }
     };
-    if let Err(e) = view.validate() {
-        eprintln!("error: {path}: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    let zone = value("--zone");
-    for o in &view.outbounds {
-        let listener = match tokio::net::TcpListener::bind((o.vip, o.port)).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: binding {}:{} for {}: {e}", o.vip, o.port, o.service);
-                return std::process::ExitCode::FAILURE;
+    let settings = ProxySettings {
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.idle_timeout,
+        access_log: args.access_log,
+    };
+    let listeners = Arc::new(Listeners::new(settings, zone.filter(|_| args.zone_preference), args.drain_timeout));
+    listeners.start_inbounds(&inbounds)?;
+    let status = Arc::new(ViewStatus::default());
+    let stop = CancellationToken::new();
+    let admin = tokio::net::TcpListener::bind(args.admin_address)
+        .await
+        .map_err(|e| format!("admin address {}: {e}", args.admin_address))?;
+    tokio::spawn(Admin { listeners: listeners.clone(), status: status.clone() }.serve(admin, stop.clone()));
+    let refresher = tokio::spawn(refresh(source, listeners.clone(), status, args.refresh_interval, stop.clone()));
+    tracing::info!(admin = %args.admin_address, "sidecar started");
+
+    shutdown_signal().await;
+    let open = listeners.open_connections();
+    tracing::info!(open, drain_timeout_s = args.drain_timeout.as_secs_f64(), "SIGTERM: draining");
+    stop.cancel();
+    let _ = refresher.await;
+    let cut = listeners.shutdown().await;
+    tracing::info!(cut, "drained; exiting");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-        };
-        let balancer = Arc::new(Balancer::new(&o.endpoints, zone.clone()));
-        tracing::info!(service = %o.service, vip = %o.vip, port = o.port, endpoints = o.endpoints.len(), "outbound listening");
-        tokio::spawn(serve(
-            listener,
-            balancer,
-            Arc::new(OutboundStats::default()),
-            ProxySettings::default(),
-            std::future::pending(),
-        ));
+            return;
+        }
     }
     let _ = tokio::signal::ctrl_c().await;
-    std::process::ExitCode::SUCCESS
 }

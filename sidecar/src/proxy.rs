@@ -1,109 +1,216 @@
-//! One accept loop per VIP listener. Each connection gets a task; its errors
-//! are logged there and never stop the loop.
+//! One accept loop per listener (an outbound VIP:port or an inbound). Each
+//! connection is a task of the sidecar's tracker; its errors stay there and
+//! never stop the loop.
 
-use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, EndpointState, Target};
+use crate::pump::{Activity, Flow, carry};
 
 /// Connect attempts per connection, each on another endpoint.
 pub const CONNECT_ATTEMPTS: usize = 3;
 
-/// Counters of one outbound, read by `/metrics`.
+/// Counters of one listener, read by `/metrics`.
 #[derive(Debug, Default)]
-pub struct OutboundStats {
+pub struct Stats {
     pub total: AtomicU64,
     pub active: AtomicU64,
     pub connect_failures: AtomicU64,
     /// Connections closed at once because no endpoint was healthy.
     pub no_endpoint: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub bytes_in: AtomicU64,
+    pub ejections: AtomicU64,
+    pub idle_closed: AtomicU64,
+    /// client -> endpoint
+    pub bytes_sent: AtomicU64,
+    /// endpoint -> client
+    pub bytes_received: AtomicU64,
+    /// Milliseconds since the process started, of the last no-endpoint log line.
+    last_no_endpoint_log: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ProxySettings {
     pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub access_log: bool,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(2) }
+        Self { connect_timeout: Duration::from_secs(2), idle_timeout: Duration::from_secs(3600), access_log: false }
     }
 }
 
-/// Accepts on `listener` until `shutdown` resolves; connections already
-/// accepted run to their end.
-pub async fn serve(
-    listener: TcpListener,
-    balancer: Arc<Balancer>,
-    stats: Arc<OutboundStats>,
-    settings: ProxySettings,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
+/// A listener's live state: what its accept loop and connections share with
+/// the reconfiguration and the admin endpoint.
+#[derive(Debug)]
+pub struct Route {
+    pub service: String,
+    pub listen: SocketAddr,
+    /// Replaced whole when the view's endpoints change; connections keep
+    /// the balancer they started with.
+    pub balancer: ArcSwap<Balancer>,
+    pub stats: Stats,
+    /// Stops accepting.
+    pub stop: CancellationToken,
+    /// Ends the connections still open (a drain that ran out of time).
+    pub kill: CancellationToken,
+}
+
+impl Route {
+    pub fn new(service: String, listen: SocketAddr, balancer: Balancer) -> Self {
+        Self {
+            service,
+            listen,
+            balancer: ArcSwap::from_pointee(balancer),
+            stats: Stats::default(),
+            stop: CancellationToken::new(),
+            kill: CancellationToken::new(),
+        }
+    }
+}
+
+/// Accepts on `listener` until the route is stopped; connections run on
+/// `tracker` so a drain can wait for them.
+pub async fn serve(listener: TcpListener, route: Arc<Route>, settings: ProxySettings, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => return,
+            biased;
+            () = route.stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let client = match accepted {
             Ok((client, _)) => client,
             Err(e) => {
                 // Out of descriptors or the like: say so and keep accepting.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(listen = %route.listen, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        stats.total.fetch_add(1, Ordering::Relaxed);
-        let (balancer, stats) = (balancer.clone(), stats.clone());
-        tokio::spawn(async move { carry(client, &balancer, &stats, settings).await });
+        route.stats.total.fetch_add(1, Ordering::Relaxed);
+        let route = route.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = connection(client, &route, settings) => {}
+                () = route.kill.cancelled() => {}
+            }
+        });
     }
 }
 
-async fn carry(mut client: TcpStream, balancer: &Balancer, stats: &OutboundStats, settings: ProxySettings) {
+async fn connect(target: &Target) -> std::io::Result<TcpStream> {
+    match target {
+        Target::Socket(sa) => TcpStream::connect(sa).await,
+        // Resolved on each connect, so a name's new addresses apply at once.
+        Target::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+    }
+}
+
+async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
+    let started = Instant::now();
     let _ = client.set_nodelay(true);
+    let balancer = route.balancer.load_full();
+    let stats = &route.stats;
     // On the stack: no allocation per connection for the retry bookkeeping.
     let mut tried = [usize::MAX; CONNECT_ATTEMPTS];
     let mut attempts = 0;
-    let (index, mut upstream) = loop {
+    let (endpoint, upstream) = loop {
         let next = if attempts < CONNECT_ATTEMPTS { balancer.pick(&tried[..attempts], Instant::now()) } else { None };
         let Some(i) = next else {
             stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            log_no_endpoint(route, attempts);
             return; // dropping the client closes it at once
         };
         tried[attempts] = i;
         attempts += 1;
-        let addr = balancer.endpoints()[i].address;
-        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+        let endpoint: &Arc<EndpointState> = &balancer.endpoints()[i];
+        match tokio::time::timeout(settings.connect_timeout, connect(&endpoint.target)).await {
             Ok(Ok(s)) => {
                 balancer.connected(i);
-                break (i, s);
+                break (endpoint.clone(), s);
             }
-            _ => {
+            failed => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                let error = failed.map_or_else(
+                    |_| "connect timeout".to_owned(),
+                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
+                tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, %error, "connect failed");
                 if balancer.failed(i, Instant::now()) {
-                    tracing::warn!(endpoint = %addr, "endpoint ejected after consecutive connect failures");
+                    stats.ejections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(service = %route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive connect failures");
                 }
             }
         }
     };
+    drop(balancer);
     let _ = upstream.set_nodelay(true);
-    let endpoint = &balancer.endpoints()[index];
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
-    // A reset on either side ends both: copy_bidirectional returns and the
-    // streams drop, so nothing leaks.
-    if let Ok((out, back)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        stats.bytes_out.fetch_add(out, Ordering::Relaxed);
-        stats.bytes_in.fetch_add(back, Ordering::Relaxed);
-    }
+    let activity = Activity::new();
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let flow = Flow { sent: &sent, received: &received, activity: &activity };
+    let idle = async {
+        loop {
+            let deadline = activity.idle_deadline(settings.idle_timeout);
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let outcome = tokio::select! {
+        r = carry(&client, &upstream, &flow) => r.err().map(|e| e.to_string()),
+        () = idle => {
+            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            Some("idle timeout".to_owned())
+        }
+    };
+    let (sent, received) = (sent.into_inner(), received.into_inner());
+    stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+    stats.bytes_received.fetch_add(received, Ordering::Relaxed);
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
     stats.active.fetch_sub(1, Ordering::Relaxed);
+    if settings.access_log {
+        tracing::info!(
+            target: "access",
+            service = %route.service,
+            listen = %route.listen,
+            client = %client.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            endpoint = %endpoint.address,
+            sent,
+            received,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = outcome.as_deref().unwrap_or("closed"),
+        );
+    }
+}
+
+/// At most one line per listener every 10 seconds: a service with no
+/// healthy endpoint must not flood the logs.
+fn log_no_endpoint(route: &Route, attempts: usize) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX) + 10_000;
+    let last = route.stats.last_no_endpoint_log.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && route.stats.last_no_endpoint_log.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(
+            service = %route.service,
+            listen = %route.listen,
+            tried = attempts,
+            closed_so_far = route.stats.no_endpoint.load(Ordering::Relaxed),
+            "no healthy endpoint: connection closed"
+        );
+    }
 }

@@ -102,6 +102,10 @@ pub mod attr {
     pub const LAST_ENDPOINT_CHANGE: &str = "last_endpoint_change";
     pub const PORTS: &str = "ports";
     pub const LABELS: &str = "labels";
+    /// A MeshExternalService's endpoints, `host:port` strings.
+    pub const EXTERNAL: &str = "external";
+    /// A MeshMultiZoneService's selector over MeshService labels.
+    pub const MATCH_LABELS: &str = "match_labels";
     pub const GENERATION: &str = "generation";
     pub const UPDATED_AT: &str = "updated_at";
     pub const REASON: &str = "reason";

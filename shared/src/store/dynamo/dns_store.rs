@@ -7,14 +7,14 @@ use std::net::Ipv4Addr;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, ReturnValue, WriteRequest};
 
-use super::{build_err, bump_generation, key, n, s, sdk_error, transact};
+use super::{build_err, bump_generation, key, n, num, s, sdk_error, service_entry, text, transact};
 use crate::config::HostedZoneId;
 use crate::dns::Record;
 use crate::dns::sync::{Conflict, DnsState, DnsStore, LEASE_SECONDS, RunRecord, ServiceRow};
 use crate::model::{HostnameGenerator, Resource, parse_one};
 use crate::store::StoreError;
 use crate::store::keys::{self, attr};
-use crate::vip::{ServiceKey, ServiceKind, UnixSeconds};
+use crate::vip::{ServiceKey, UnixSeconds};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -30,30 +30,7 @@ impl DynamoDnsStore {
     }
 
     async fn query(&self, pk: &str, prefix: &str, limit: Option<i32>) -> Result<Vec<Item>, StoreError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :p)")
-                .expression_attribute_names("#pk", keys::PK)
-                .expression_attribute_names("#sk", keys::SK)
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":p", s(prefix))
-                .consistent_read(true)
-                .set_limit(limit)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("Query", &self.table, e))?;
-            out.extend(page.items().iter().cloned());
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() || limit.is_some() {
-                return Ok(out);
-            }
-        }
+        super::query(&self.client, &self.table, pk, prefix, limit).await
     }
 
     async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
@@ -77,14 +54,6 @@ impl DynamoDnsStore {
         }
         Ok(())
     }
-}
-
-fn num(item: &Item, name: &str) -> u64 {
-    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
 impl DnsStore for DynamoDnsStore {
@@ -167,26 +136,11 @@ impl DnsStore for DynamoDnsStore {
         let mut out = Vec::new();
         for mesh in meshes {
             for item in self.query(&keys::mesh_pk(mesh), "SVC#", None).await? {
-                let sk = text(&item, keys::SK).unwrap_or_default();
-                let mut parts = sk.splitn(3, '#').skip(1);
-                let (Some(kind), Some(name)) = (parts.next().and_then(ServiceKind::from_code), parts.next()) else {
-                    return Err(StoreError::corrupt(format!("service item {sk:?} in mesh {mesh}")));
-                };
-                let vip = match text(&item, attr::VIP) {
-                    None => None,
-                    Some(v) => {
-                        Some(v.parse::<Ipv4Addr>().map_err(|_| StoreError::corrupt(format!("{sk}: vip {v:?}")))?)
-                    }
-                };
-                let labels = item
-                    .get(attr::LABELS)
-                    .and_then(|v| v.as_m().ok())
-                    .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_s().ok()?.clone()))).collect())
-                    .unwrap_or_default();
+                let entry = service_entry(mesh, &item)?;
                 out.push(ServiceRow {
-                    key: ServiceKey::new(mesh, kind, name),
-                    vip,
-                    labels,
+                    key: ServiceKey::new(mesh, entry.kind, &entry.name),
+                    vip: entry.vip,
+                    labels: entry.labels,
                     assigned_at: num(&item, attr::ASSIGNED_AT),
                     last_endpoint_change: num(&item, attr::LAST_ENDPOINT_CHANGE),
                 });

@@ -1,6 +1,7 @@
 //! DynamoDB adapters: thin translations between table items and domain types.
 
 mod dns_store;
+mod mesh_view;
 mod registry;
 mod vip_ledger;
 
@@ -13,6 +14,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 pub use dns_store::DynamoDnsStore;
+pub use mesh_view::DynamoMeshView;
 pub use registry::DynamoRegistry;
 pub use vip_ledger::DynamoVipLedger;
 
@@ -179,4 +181,94 @@ pub(crate) fn bump_generation(
 
 pub(crate) fn build_err(table: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::new(StoreErrorKind::Rejected, format!("building a request for table {table:?}: {e}"))
+}
+
+type Item = std::collections::HashMap<String, AttributeValue>;
+
+/// Every item of partition `pk` whose sort key starts with `prefix`, all
+/// pages (or the first `limit` items), read consistently.
+pub(crate) async fn query(
+    client: &Client,
+    table: &str,
+    pk: &str,
+    prefix: &str,
+    limit: Option<i32>,
+) -> Result<Vec<Item>, StoreError> {
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :p)")
+            .expression_attribute_names("#pk", super::keys::PK)
+            .expression_attribute_names("#sk", super::keys::SK)
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":p", s(prefix))
+            .consistent_read(true)
+            .set_limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_error("Query", table, e))?;
+        out.extend(page.items().iter().cloned());
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() || limit.is_some() {
+            return Ok(out);
+        }
+    }
+}
+
+pub(crate) fn num(item: &Item, name: &str) -> u64 {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+pub(crate) fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn string_map(item: &Item, name: &str) -> crate::model::Labels {
+    item.get(name)
+        .and_then(|v| v.as_m().ok())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_s().ok()?.clone()))).collect())
+        .unwrap_or_default()
+}
+
+/// A `SVC#<kind>#<name>` item as the domain sees it.
+pub(crate) fn service_entry(mesh: &str, item: &Item) -> Result<crate::view::ServiceEntry, StoreError> {
+    use super::keys::attr;
+    let sk = text(item, super::keys::SK).unwrap_or_default();
+    let mut parts = sk.splitn(3, '#').skip(1);
+    let (Some(kind), Some(name)) = (parts.next().and_then(crate::vip::ServiceKind::from_code), parts.next()) else {
+        return Err(StoreError::corrupt(format!("service item {sk:?} in mesh {mesh}")));
+    };
+    let vip = match text(item, attr::VIP) {
+        None => None,
+        Some(v) => Some(v.parse().map_err(|_| StoreError::corrupt(format!("{sk}: vip {v:?}")))?),
+    };
+    let ports = item
+        .get(attr::PORTS)
+        .and_then(|v| v.as_l().ok())
+        .map(|l| {
+            l.iter()
+                .filter_map(|p| p.as_m().ok())
+                .filter_map(|m| u16::try_from(num(m, attr::PORT)).ok())
+                .filter(|p| *p != 0)
+                .collect()
+        })
+        .unwrap_or_default();
+    let external = item
+        .get(attr::EXTERNAL)
+        .and_then(|v| v.as_l().ok())
+        .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+        .unwrap_or_default();
+    Ok(crate::view::ServiceEntry {
+        kind,
+        name: name.to_owned(),
+        vip,
+        ports,
+        labels: string_map(item, attr::LABELS),
+        external,
+        match_labels: string_map(item, attr::MATCH_LABELS),
+    })
 }

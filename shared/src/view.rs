@@ -1,0 +1,240 @@
+//! The mesh view a sidecar serves: one outbound per VIP:port, with the
+//! endpoints its connections go to. It is built from the table's service and
+//! endpoint rows of one mesh ([`build`]), and printed by the sidecar's
+//! `/config` in the same JSON form `--view-file` reads.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Labels;
+use crate::vip::ServiceKind;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// The table's view generation this was built from (0 for a file).
+    #[serde(default)]
+    pub generation: u64,
+    pub outbounds: Vec<Outbound>,
+}
+
+/// One listener: a service's VIP and port, and where its connections go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Where a connection may go: `ip:port`, or `name:port` for a
+/// MeshExternalService, resolved when a connection is made.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+impl View {
+    /// A view is applied whole or not at all: every VIP on loopback, each
+    /// VIP:port once, every port non-zero, every endpoint `host:port`.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for (i, o) in self.outbounds.iter().enumerate() {
+            if !o.vip.is_loopback() {
+                return Err(format!("outbounds[{i}].vip: {} is not a loopback address", o.vip));
+            }
+            if o.port == 0 {
+                return Err(format!("outbounds[{i}].port: 0 is not a port"));
+            }
+            if !seen.insert((o.vip, o.port)) {
+                return Err(format!("outbounds[{i}]: {}:{} is listed twice", o.vip, o.port));
+            }
+            for (j, e) in o.endpoints.iter().enumerate() {
+                if split_host_port(&e.address).is_none() {
+                    return Err(format!(
+                        "outbounds[{i}].endpoints[{j}].address: {:?} is not host:port with a port in 1..65535",
+                        e.address
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` (`[v6]:port` too) with a non-zero port.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then_some((host, port))
+}
+
+/// A service row of the mesh, as the table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub kind: ServiceKind,
+    pub name: String,
+    /// `None` while the service has no VIP (after collection): no listener.
+    pub vip: Option<Ipv4Addr>,
+    /// MeshService / MeshExternalService / MeshMultiZoneService ports.
+    pub ports: Vec<u16>,
+    pub labels: Labels,
+    /// A MeshExternalService's declared endpoints, `host:port`.
+    pub external: Vec<String>,
+    /// A MeshMultiZoneService's selector over MeshService labels.
+    pub match_labels: Labels,
+}
+
+/// An endpoint row: one task's inbound for `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub service: String,
+    pub address: String,
+    pub port: u16,
+    pub service_port: u16,
+    pub zone: Option<String>,
+}
+
+/// The view of one mesh. A `kuma.io/service` service listens on the shared
+/// `vip_port` and reaches every inbound of the service; a MeshService listens
+/// on each of its ports and reaches the inbounds whose application port is
+/// that port; a MeshMultiZoneService does the same over the MeshServices its
+/// selector matches; a MeshExternalService reaches its declared endpoints.
+pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEntry], vip_port: u16) -> View {
+    let mut by_service: BTreeMap<&str, Vec<&EndpointEntry>> = BTreeMap::new();
+    for e in endpoints {
+        by_service.entry(&e.service).or_default().push(e);
+    }
+    let endpoint = |e: &EndpointEntry| Endpoint { address: format!("{}:{}", e.address, e.port), zone: e.zone.clone() };
+    let of_port = |service: &str, port: u16| -> Vec<Endpoint> {
+        by_service.get(service).into_iter().flatten().filter(|e| e.service_port == port).map(|e| endpoint(e)).collect()
+    };
+    let mut outbounds = Vec::new();
+    for s in services {
+        let Some(vip) = s.vip else { continue };
+        let kind = Some(s.kind.code().to_owned());
+        let mut push = |port: u16, mut endpoints: Vec<Endpoint>| {
+            endpoints.sort();
+            endpoints.dedup();
+            outbounds.push(Outbound { service: s.name.clone(), kind: kind.clone(), vip, port, endpoints });
+        };
+        match s.kind {
+            ServiceKind::Service => {
+                push(vip_port, by_service.get(s.name.as_str()).into_iter().flatten().map(|e| endpoint(e)).collect())
+            }
+            ServiceKind::MeshService => {
+                for &port in &s.ports {
+                    push(port, of_port(&s.name, port));
+                }
+            }
+            ServiceKind::MeshMultiZoneService => {
+                let matched: Vec<&ServiceEntry> = services
+                    .iter()
+                    .filter(|m| m.kind == ServiceKind::MeshService)
+                    .filter(|m| s.match_labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
+                    .collect();
+                for &port in &s.ports {
+                    push(port, matched.iter().flat_map(|m| of_port(&m.name, port)).collect());
+                }
+            }
+            ServiceKind::MeshExternalService => {
+                let external: Vec<Endpoint> =
+                    s.external.iter().map(|a| Endpoint { address: a.clone(), zone: None }).collect();
+                for &port in &s.ports {
+                    push(port, external.clone());
+                }
+            }
+        }
+    }
+    outbounds.sort_by_key(|o| (o.vip, o.port));
+    // Two services can never share a VIP (invariant 1); should the table say
+    // otherwise, the first keeps the listener and the view stays valid.
+    outbounds.dedup_by(|b, a| (a.vip, a.port) == (b.vip, b.port));
+    View { generation, outbounds }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_validates() {
+        let text = r#"{"generation":0,"outbounds":[{"service":"redis","vip":"127.1.0.7","port":8080,"endpoints":[{"address":"10.0.2.11:16379","zone":"us-east-1a"}]}]}"#;
+        let v: View = serde_json::from_str(text).unwrap();
+        assert_eq!(v.validate(), Ok(()));
+        assert_eq!(serde_json::to_string(&v).unwrap(), text);
+        let mut twice = v.clone();
+        twice.outbounds.push(v.outbounds[0].clone());
+        assert_eq!(twice.validate(), Err("outbounds[1]: 127.1.0.7:8080 is listed twice".into()));
+        let mut wide = v.clone();
+        wide.outbounds[0].vip = Ipv4Addr::new(10, 0, 0, 1);
+        assert!(wide.validate().unwrap_err().contains("not a loopback"));
+        let mut portless = v;
+        portless.outbounds[0].endpoints[0].address = "redis.example.com".into();
+        assert_eq!(
+            portless.validate(),
+            Err(r#"outbounds[0].endpoints[0].address: "redis.example.com" is not host:port with a port in 1..65535"#
+                .into())
+        );
+    }
+
+    fn svc(kind: ServiceKind, name: &str, vip: [u8; 4], ports: &[u16]) -> ServiceEntry {
+        ServiceEntry {
+            kind,
+            name: name.into(),
+            vip: Some(vip.into()),
+            ports: ports.to_vec(),
+            labels: Labels::new(),
+            external: Vec::new(),
+            match_labels: Labels::new(),
+        }
+    }
+
+    fn ep(service: &str, address: &str, port: u16, service_port: u16) -> EndpointEntry {
+        EndpointEntry { service: service.into(), address: address.into(), port, service_port, zone: None }
+    }
+
+    #[test]
+    fn builds_one_listener_per_vip_port() {
+        let mut ms = svc(ServiceKind::MeshService, "api", [127, 4, 0, 9], &[80, 9090]);
+        ms.labels.insert("team".into(), "a".into());
+        let mut mzs = svc(ServiceKind::MeshMultiZoneService, "api-global", [127, 2, 0, 1], &[80]);
+        mzs.match_labels.insert("team".into(), "a".into());
+        let mut mes = svc(ServiceKind::MeshExternalService, "httpbin", [127, 3, 0, 1], &[443]);
+        mes.external = vec!["httpbin.org:443".into()];
+        let gone = ServiceEntry { vip: None, ..svc(ServiceKind::Service, "old", [127, 1, 0, 3], &[]) };
+        let services = vec![svc(ServiceKind::Service, "redis", [127, 1, 0, 7], &[]), ms, mzs, mes, gone];
+        let endpoints = vec![
+            ep("redis", "10.0.0.1", 16379, 6379),
+            ep("redis", "10.0.0.2", 16379, 6379),
+            ep("api", "10.0.0.3", 15000, 80),
+            ep("api", "10.0.0.3", 15001, 9090),
+            ep("old", "10.0.0.4", 1, 1),
+        ];
+        let v = build(7, &services, &endpoints, 8080);
+        assert_eq!(v.validate(), Ok(()));
+        let got: Vec<(String, u16, Vec<&str>)> = v
+            .outbounds
+            .iter()
+            .map(|o| (o.vip.to_string(), o.port, o.endpoints.iter().map(|e| e.address.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("127.1.0.7".into(), 8080, vec!["10.0.0.1:16379", "10.0.0.2:16379"]),
+                ("127.2.0.1".into(), 80, vec!["10.0.0.3:15000"]),
+                ("127.3.0.1".into(), 443, vec!["httpbin.org:443"]),
+                ("127.4.0.9".into(), 80, vec!["10.0.0.3:15000"]),
+                ("127.4.0.9".into(), 9090, vec!["10.0.0.3:15001"]),
+            ]
+        );
+        assert_eq!(v.generation, 7);
+    }
+}

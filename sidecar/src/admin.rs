@@ -1,0 +1,185 @@
+//! The admin endpoint (HTTP on 127.0.0.1:9901 by default): `/ready` for the
+//! ECS container health check, `/metrics` in the Prometheus text format,
+//! `/config` with the listeners and endpoints as JSON.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::listeners::{InboundSpec, Listeners};
+use crate::proxy::Route;
+use crate::source::ViewStatus;
+use crate::view::View;
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listeners: Arc<Listeners>,
+    pub status: Arc<ViewStatus>,
+}
+
+/// `/config`: the applied view (the form `--view-file` reads) and the inbounds.
+#[derive(Debug, Serialize)]
+struct ConfigDoc<'a> {
+    #[serde(flatten)]
+    view: &'a View,
+    inbounds: Vec<InboundSpec>,
+}
+
+impl Admin {
+    /// Ready once the first view is applied and the inbounds listen (they
+    /// are bound before the admin starts), and not while draining.
+    pub fn ready(&self) -> bool {
+        self.listeners.applied.load(Ordering::Relaxed) && !self.listeners.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> String {
+        let view = self.listeners.view();
+        let inbounds = self.listeners.inbounds().into_iter().map(|(spec, _)| spec).collect();
+        serde_json::to_string_pretty(&ConfigDoc { view: &view, inbounds }).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let outbounds = self.listeners.outbounds();
+        let inbounds: Vec<Arc<Route>> = self.listeners.inbounds().into_iter().map(|(_, r)| r).collect();
+        type Read = fn(&Route) -> u64;
+        let series: [(&str, &str, &str, Read); 9] = [
+            ("connections_active", "gauge", "open connections", |r| r.stats.active.load(Ordering::Relaxed)),
+            ("connections_total", "counter", "accepted connections", |r| r.stats.total.load(Ordering::Relaxed)),
+            ("bytes_sent_total", "counter", "bytes from the client to the endpoint", |r| {
+                r.stats.bytes_sent.load(Ordering::Relaxed)
+            }),
+            ("bytes_received_total", "counter", "bytes from the endpoint to the client", |r| {
+                r.stats.bytes_received.load(Ordering::Relaxed)
+            }),
+            ("connect_failures_total", "counter", "failed connects to an endpoint", |r| {
+                r.stats.connect_failures.load(Ordering::Relaxed)
+            }),
+            ("ejections_total", "counter", "endpoints ejected by passive health", |r| {
+                r.stats.ejections.load(Ordering::Relaxed)
+            }),
+            ("no_endpoint_total", "counter", "connections closed because no endpoint was healthy", |r| {
+                r.stats.no_endpoint.load(Ordering::Relaxed)
+            }),
+            ("idle_closed_total", "counter", "connections closed by the idle timeout", |r| {
+                r.stats.idle_closed.load(Ordering::Relaxed)
+            }),
+            ("endpoints", "gauge", "endpoints in the view (healthy or not)", |r| {
+                r.balancer.load().endpoints().len() as u64
+            }),
+        ];
+        for (direction, routes) in [("outbound", &outbounds), ("inbound", &inbounds)] {
+            for (name, kind, help, read) in &series {
+                let _ = writeln!(out, "# HELP loopmesh_{direction}_{name} {help}, per {direction}");
+                let _ = writeln!(out, "# TYPE loopmesh_{direction}_{name} {kind}");
+                for r in routes.iter() {
+                    let _ = writeln!(
+                        out,
+                        "loopmesh_{direction}_{name}{{service=\"{}\",listener=\"{}\"}} {}",
+                        escape(&r.service),
+                        r.listen,
+                        read(r)
+                    );
+                }
+            }
+        }
+        let s = &self.status;
+        let gauges = [
+            (
+                "loopmesh_view_age_seconds",
+                "gauge",
+                "seconds since the view was last confirmed current (-1 before the first)",
+                format!("{:.3}", s.age().unwrap_or(-1.0)),
+            ),
+            (
+                "loopmesh_view_generation",
+                "gauge",
+                "the table's view generation applied",
+                s.generation.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_refresh_errors_total",
+                "counter",
+                "failed view refreshes",
+                s.refresh_errors.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_rejected_total",
+                "counter",
+                "views rejected by validation",
+                s.rejected.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_changes_total",
+                "counter",
+                "applied views that changed a listener",
+                self.listeners.view_changes.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_listener_bind_errors_total",
+                "counter",
+                "VIP listeners that could not be bound",
+                self.listeners.bind_errors.load(Ordering::Relaxed).to_string(),
+            ),
+            ("loopmesh_outbound_listeners", "gauge", "VIP listeners open", outbounds.len().to_string()),
+            ("loopmesh_ready", "gauge", "1 when /ready answers 200", u8::from(self.ready()).to_string()),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let (status, content_type, body) = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/ready") if self.ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
+            (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
+            (&Method::GET, "/config") => (StatusCode::OK, "application/json", self.config()),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found: /ready, /metrics, /config\n".to_owned()),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(v) = content_type.parse() {
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        response
+    }
+
+    /// Serves until `stop`.
+    pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                },
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = admin.answer(&req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,212 @@
+//! The sidecar's listeners and how a new view reaches them without a
+//! restart: a new VIP:port is bound at once; a removed one stops accepting at
+//! once while its open connections drain (until they close or the drain
+//! timeout); changed endpoints apply to new connections only. No refresh
+//! touches an open connection of a VIP that stays.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::task::TaskTracker;
+
+use crate::balance::Balancer;
+use crate::proxy::{ProxySettings, Route, serve};
+use crate::view::{Endpoint, View};
+
+/// Pending connections a listener queues before `accept`.
+const BACKLOG: u32 = 1024;
+
+/// One inbound of the Dataplane: peers connect to `listen`, the application
+/// is at `forward`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboundSpec {
+    pub service: String,
+    pub listen: SocketAddr,
+    pub forward: SocketAddr,
+}
+
+/// What one applied view changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub added: usize,
+    pub removed: usize,
+    pub updated: usize,
+    /// Listeners that could not be bound; retried with the next view.
+    pub failed: usize,
+    pub listening: usize,
+}
+
+type Key = (Ipv4Addr, u16);
+
+#[derive(Debug)]
+pub struct Listeners {
+    settings: ProxySettings,
+    /// `None`: no zone preference.
+    zone: Option<String>,
+    drain_timeout: Duration,
+    tracker: TaskTracker,
+    outbounds: Mutex<BTreeMap<Key, Arc<Route>>>,
+    inbounds: Mutex<Vec<(InboundSpec, Arc<Route>)>>,
+    view: ArcSwap<View>,
+    /// The first view is applied (for `/ready`).
+    pub applied: AtomicBool,
+    pub draining: AtomicBool,
+    pub bind_errors: AtomicU64,
+    pub view_changes: AtomicU64,
+}
+
+/// A listening socket on exactly `addr`, never a wildcard.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+impl Listeners {
+    pub fn new(settings: ProxySettings, zone: Option<String>, drain_timeout: Duration) -> Self {
+        Self {
+            settings,
+            zone,
+            drain_timeout,
+            tracker: TaskTracker::new(),
+            outbounds: Mutex::default(),
+            inbounds: Mutex::default(),
+            view: ArcSwap::from_pointee(View::default()),
+            applied: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            bind_errors: AtomicU64::new(0),
+            view_changes: AtomicU64::new(0),
+        }
+    }
+
+    /// Binds every inbound; an inbound that cannot listen is an error the
+    /// caller reports before anything is served.
+    pub fn start_inbounds(&self, specs: &[InboundSpec]) -> Result<(), String> {
+        let mut inbounds = self.inbounds.lock().unwrap_or_else(PoisonError::into_inner);
+        for spec in specs {
+            let listener = bind(spec.listen)
+                .map_err(|e| format!("inbound {} of {}: cannot listen: {e}", spec.listen, spec.service))?;
+            let endpoint = Endpoint { address: spec.forward.to_string(), zone: None };
+            let route = Arc::new(Route::new(spec.service.clone(), spec.listen, Balancer::new(&[endpoint], None)));
+            tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
+            tracing::info!(service = %spec.service, listen = %spec.listen, forward = %spec.forward, "inbound listening");
+            inbounds.push((spec.clone(), route));
+        }
+        Ok(())
+    }
+
+    /// Applies a view whole, or rejects it and keeps the current one.
+    pub fn apply(&self, view: View) -> Result<Applied, String> {
+        view.validate()?;
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: no new listeners".into());
+        }
+        let mut routes = self.outbounds.lock().unwrap_or_else(PoisonError::into_inner);
+        let wanted: BTreeMap<Key, _> = view.outbounds.iter().map(|o| ((o.vip, o.port), o)).collect();
+        let mut applied = Applied::default();
+        routes.retain(|key, route| {
+            if wanted.contains_key(key) {
+                return true;
+            }
+            self.retire(route);
+            applied.removed += 1;
+            false
+        });
+        for (key, outbound) in &wanted {
+            if let Some(route) = routes.get(key) {
+                let current = route.balancer.load();
+                let same = current.endpoints().len() == outbound.endpoints.len()
+                    && current
+                        .endpoints()
+                        .iter()
+                        .zip(&outbound.endpoints)
+                        .all(|(s, e)| s.address == e.address && s.zone == e.zone);
+                if !same {
+                    let zone = self.zone.clone();
+                    route.balancer.store(Arc::new(Balancer::carry_over(&outbound.endpoints, zone, Some(&current))));
+                    applied.updated += 1;
+                }
+                continue;
+            }
+            let listen = SocketAddr::from(*key);
+            match bind(listen) {
+                Ok(listener) => {
+                    let balancer = Balancer::new(&outbound.endpoints, self.zone.clone());
+                    let route = Arc::new(Route::new(outbound.service.clone(), listen, balancer));
+                    tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
+                    routes.insert(*key, route);
+                    applied.added += 1;
+                }
+                Err(e) => {
+                    self.bind_errors.fetch_add(1, Ordering::Relaxed);
+                    applied.failed += 1;
+                    tracing::error!(service = %outbound.service, %listen, error = %e, "cannot listen on the VIP");
+                }
+            }
+        }
+        applied.listening = routes.len();
+        drop(routes);
+        self.view.store(Arc::new(view));
+        self.applied.store(true, Ordering::Relaxed);
+        if applied != (Applied { listening: applied.listening, ..Applied::default() }) {
+            self.view_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(applied)
+    }
+
+    /// Stops accepting now; ends what is still open after the drain timeout.
+    fn retire(&self, route: &Arc<Route>) {
+        route.stop.cancel();
+        let (route, timeout) = (route.clone(), self.drain_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            route.kill.cancel();
+        });
+    }
+
+    /// SIGTERM: stop every listener, wait for open connections up to the
+    /// drain timeout, then end the rest. Returns the connections cut.
+    pub async fn shutdown(&self) -> u64 {
+        self.draining.store(true, Ordering::Relaxed);
+        let routes: Vec<Arc<Route>> =
+            self.outbounds().into_iter().chain(self.inbounds().into_iter().map(|(_, r)| r)).collect();
+        for r in &routes {
+            r.stop.cancel();
+        }
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_ok() {
+            return 0;
+        }
+        let cut: u64 = routes.iter().map(|r| r.stats.active.load(Ordering::Relaxed)).sum();
+        for r in &routes {
+            r.kill.cancel();
+        }
+        self.tracker.wait().await;
+        cut
+    }
+
+    pub fn outbounds(&self) -> Vec<Arc<Route>> {
+        self.outbounds.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    pub fn inbounds(&self) -> Vec<(InboundSpec, Arc<Route>)> {
+        self.inbounds.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The view as last applied.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Connections open on every listener, for the drain log line.
+    pub fn open_connections(&self) -> usize {
+        self.tracker.len()
+    }
+}

@@ -1,0 +1,174 @@
+//! Where the view comes from, and the loop that keeps it fresh.
+//!
+//! From the table: every refresh reads the mesh's view generation (one small
+//! item) and reads the mesh's services and endpoints only when it moved. From
+//! a file: the file is read again when its size or modification time
+//! changes. Either way a failed read or a view that does not validate keeps
+//! the last good view serving, counts an error, and retries with backoff.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use loopmesh_shared::store::dynamo::DynamoMeshView;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::listeners::Listeners;
+use crate::view::{View, build};
+
+/// The longest wait between attempts while the source keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub enum Source {
+    File(PathBuf),
+    Table { reader: DynamoMeshView, mesh: String, vip_port: u16 },
+}
+
+/// What `/metrics` reports of the view.
+#[derive(Debug)]
+pub struct ViewStatus {
+    start: Instant,
+    /// Milliseconds after `start` of the last successful check; `u64::MAX` before the first.
+    last_ok_ms: AtomicU64,
+    pub refresh_errors: AtomicU64,
+    pub rejected: AtomicU64,
+    pub generation: AtomicU64,
+}
+
+impl Default for ViewStatus {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ok_ms: AtomicU64::new(u64::MAX),
+            refresh_errors: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ViewStatus {
+    fn ok(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Seconds since the view was last confirmed current; `None` before the first.
+    pub fn age(&self) -> Option<f64> {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        (last != u64::MAX).then(|| self.start.elapsed().as_secs_f64() - Duration::from_millis(last).as_secs_f64())
+    }
+}
+
+/// One fetch: `Ok(None)` when nothing changed since `seen`.
+enum Fetched {
+    Unchanged,
+    New(View, Marker),
+}
+
+/// What identifies the version of the view last applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Marker {
+    Generation(u64),
+    File(u64, Option<SystemTime>),
+}
+
+impl Source {
+    async fn fetch(&self, seen: Option<&Marker>) -> Result<Fetched, String> {
+        match self {
+            Self::File(path) => {
+                let meta = tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+                let marker = Marker::File(meta.len(), meta.modified().ok());
+                if seen == Some(&marker) {
+                    return Ok(Fetched::Unchanged);
+                }
+                let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+                let view: View = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(Fetched::New(view, marker))
+            }
+            Self::Table { reader, mesh, vip_port } => {
+                let generation = reader.generation(mesh).await.map_err(|e| e.to_string())?;
+                let marker = Marker::Generation(generation);
+                if seen == Some(&marker) {
+                    return Ok(Fetched::Unchanged);
+                }
+                let (services, endpoints) = reader.read(mesh).await.map_err(|e| e.to_string())?;
+                Ok(Fetched::New(build(generation, &services, &endpoints, *vip_port), marker))
+            }
+        }
+    }
+}
+
+/// Keeps `listeners` on the source's latest good view until `stop`.
+pub async fn refresh(
+    source: Source,
+    listeners: Arc<Listeners>,
+    status: Arc<ViewStatus>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut seen: Option<Marker> = None;
+    let mut failures: u32 = 0;
+    loop {
+        match source.fetch(seen.as_ref()).await {
+            Ok(Fetched::Unchanged) => {
+                status.ok();
+                failures = 0;
+            }
+            Ok(Fetched::New(view, marker)) => {
+                let generation = view.generation;
+                let outbounds = view.outbounds.len();
+                let endpoints: usize = view.outbounds.iter().map(|o| o.endpoints.len()).sum();
+                match listeners.apply(view) {
+                    Ok(a) => {
+                        status.ok();
+                        status.generation.store(generation, Ordering::Relaxed);
+                        seen = Some(marker);
+                        failures = 0;
+                        tracing::info!(
+                            generation,
+                            outbounds,
+                            endpoints,
+                            added = a.added,
+                            removed = a.removed,
+                            updated = a.updated,
+                            failed = a.failed,
+                            listening = a.listening,
+                            "view applied"
+                        );
+                    }
+                    Err(e) => {
+                        // Rejected whole; the previous view keeps serving. The
+                        // marker is not taken, so a fixed source is read again.
+                        status.rejected.fetch_add(1, Ordering::Relaxed);
+                        status.refresh_errors.fetch_add(1, Ordering::Relaxed);
+                        failures += 1;
+                        tracing::error!(generation, error = %e, "view rejected; the previous view stays");
+                    }
+                }
+            }
+            Err(e) => {
+                status.refresh_errors.fetch_add(1, Ordering::Relaxed);
+                failures += 1;
+                // One line per failure streak length that is a power of two: a
+                // long outage does not flood the log.
+                if failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, age_s = status.age().unwrap_or(-1.0), "view refresh failed; serving the last good view");
+                }
+            }
+        }
+        let wait = if failures == 0 {
+            interval
+        } else {
+            let backoff = interval.saturating_mul(1 << failures.min(8)).min(MAX_BACKOFF);
+            backoff.mul_f64(0.5 + fastrand::f64() / 2.0)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
