@@ -184,7 +184,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let admin = tokio::net::TcpListener::bind(args.admin_address)
         .await
         .map_err(|e| format!("admin address {}: {e}", args.admin_address))?;
-    tokio::spawn(Admin { listeners: listeners.clone(), status: status.clone() }.serve(admin, stop.clone()));
+    // The admin endpoint outlives the listeners: `/ready` says 503 while draining.
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(Admin { listeners: listeners.clone(), status: status.clone() }.serve(admin, admin_stop.clone()));
     let refresher = tokio::spawn(refresh(source, listeners.clone(), status, args.refresh_interval, stop.clone()));
     tracing::info!(admin = %args.admin_address, "sidecar started");
 
@@ -194,6 +196,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     stop.cancel();
     let _ = refresher.await;
     let cut = listeners.shutdown().await;
+    admin_stop.cancel();
     tracing::info!(cut, "drained; exiting");
     Ok(())
 }

@@ -1,0 +1,102 @@
+//! Real binaries and real sockets for the end-to-end tests: the workspace's
+//! built binaries, a child process that dies with its guard, a TCP forwarder
+//! that can be cut (the emulator going away), and the sidecar's admin API.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A binary of this workspace, built by the same `cargo test` run (target/<profile>/<name>).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build -p {name}` or `cargo test --workspace`", path.display());
+    path
+}
+
+/// Kills the child when dropped, so a failed assertion leaves nothing running.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP forwarder to `upstream`; `cut` closes it and every connection.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub url: String,
+    tasks: JoinSet<()>,
+}
+
+impl Forwarder {
+    pub async fn start(upstream: &str) -> Self {
+        let upstream: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .replace("localhost", "127.0.0.1")
+            .parse()
+            .expect("upstream host:port");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind forwarder");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Self { url, tasks }
+    }
+
+    /// The upstream is gone from here on: the listener and its connections close.
+    pub fn cut(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// `GET path` on the sidecar's admin address: (status, body); (0, "") when nothing listens.
+pub fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else { return (0, String::new()) };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the first metric line starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// Polls `ok` every 50 ms for up to `limit`; panics naming `what` after that.
+pub async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).expect("bind").local_addr().expect("addr").port()
+}

@@ -1,0 +1,168 @@
+//! The whole chain against moto server with real binaries and sockets:
+//! ECS-shaped events through task-events' registrar, dns-sync into a private
+//! hosted zone, and a `loopmesh-sidecar` process for the demo app reading the
+//! table and carrying TCP through the VIP its name resolves to. The redis
+//! tasks are servers on their inbound addresses that answer with their name.
+#![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loopmesh_shared::dns::sync::Trigger;
+use loopmesh_shared::store::dynamo::DynamoVipLedger;
+use loopmesh_shared::vip::{ServiceKey, ServiceKind, VipPool, allocate, unix_now};
+use loopmesh_tests::dns::{a_records, syncer, zone_settings};
+use loopmesh_tests::ecs::{DATAPLANE_TEMPLATE, event, registrar, role, task_definition};
+use loopmesh_tests::process::{ChildGuard, Forwarder, admin_get, eventually, free_port, metric, workspace_binary};
+use loopmesh_tests::{dynamo_client, endpoint, fresh_table};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A task's inbound: answers each connection with its name, then echoes.
+async fn task_server(address: Ipv4Addr, name: &'static str) -> JoinHandle<()> {
+    let l = TcpListener::bind((address, 15000)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    })
+}
+
+/// What the demo app sees: connect to the name's address on the VIP port
+/// and read the first line.
+async fn ask(at: SocketAddr) -> String {
+    let mut s = TcpStream::connect(at).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+}
+
+async fn spread(at: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        *seen.entry(ask(at).await).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_to_names_to_traffic_through_the_sidecar() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "e2e").await;
+    let (zone, settings) = zone_settings(&table, "mesh.local").await;
+    // A mesh of its own: VIPs derive from (mesh, service), so no other test binds them.
+    let mesh = format!("e2e{}", fastrand::u32(..));
+    let tags = |service: &'static str| {
+        [("kuma.io/type", "dataplane"), ("kuma.io/mesh", mesh.as_str()), ("kuma.io/service", service)]
+    };
+    let redis_td = task_definition(Some(&role(&tags("redis")).await), "redis", &mesh, true).await;
+    let api_td = task_definition(Some(&role(&tags("api")).await), "api", &mesh, true).await;
+    let registrar = registrar(&settings).await;
+    let sync = syncer(&settings, &endpoint()).await;
+    let now = unix_now();
+    let running = |td: &str, id: &str, last: u8, version| {
+        event("ecs-task-running.json", td, id, &format!("127.0.0.{last}"), version)
+    };
+    let stopped = |td: &str, id: &str, last: u8, version| {
+        event("ecs-task-stopped.json", td, id, &format!("127.0.0.{last}"), version)
+    };
+
+    // One redis task; dns-sync publishes its name.
+    let redis_1 = task_server(Ipv4Addr::new(127, 0, 0, 41), "redis-1").await;
+    registrar.handle(&running(&redis_td, "redis1", 41, 2), now).await.unwrap();
+    sync.run(Trigger::Changed, now).await.unwrap();
+    let records = a_records(&zone).await;
+    let redis_vip: Ipv4Addr = records["redis.mesh.local"][0].parse().unwrap();
+    let redis_at = SocketAddr::from((redis_vip, settings.vip_port));
+
+    // The demo app's sidecar, reading the table through a forwarder we can cut.
+    let mut aws = Forwarder::start(&endpoint()).await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let template_port = free_port("127.0.0.40");
+    let sidecar = Command::new(workspace_binary("loopmesh-sidecar"))
+        .args(["run", "--bind-outbounds", "--admin-address", &admin.to_string(), "--refresh-interval", "200ms"])
+        .args(["--dataplane-var", "address=127.0.0.40", "--dataplane-var", "dpname=demo-1"])
+        .args(["--dataplane-var", &format!("mesh={mesh}"), "--dataplane-var", &format!("port={template_port}")])
+        .args(["--dataplane-var", "servicePort=5050", "--dataplane-var", "service=demo-app"])
+        .args(["--dataplane-var", "protocol=http"])
+        .env("KUMA_DATAPLANE_RUNTIME_RESOURCE", DATAPLANE_TEMPLATE)
+        .env("LOOPMESH_TABLE_NAME", &table)
+        .env("AWS_ENDPOINT_URL", &aws.url)
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = sidecar.id();
+    let mut sidecar = ChildGuard(sidecar);
+    eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
+    assert_eq!(ask(redis_at).await, "redis-1", "redis.mesh.local:8080 reaches the redis task");
+
+    // Scaled to three: new connections spread over all of them.
+    let _redis_2 = task_server(Ipv4Addr::new(127, 0, 0, 42), "redis-2").await;
+    let _redis_3 = task_server(Ipv4Addr::new(127, 0, 0, 43), "redis-3").await;
+    registrar.handle(&running(&redis_td, "redis2", 42, 2), now).await.unwrap();
+    registrar.handle(&running(&redis_td, "redis3", 43, 2), now).await.unwrap();
+    let endpoints_metric = format!("loopmesh_outbound_endpoints{{service=\"redis\",listener=\"{redis_at}\"}}");
+    eventually("three redis endpoints", WAIT, || {
+        metric(&admin_get(admin, "/metrics").1, &endpoints_metric) == Some(3.0)
+    })
+    .await;
+    let seen = spread(redis_at, 90).await;
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["redis-1", "redis-2", "redis-3"], "{seen:?}");
+    assert!(seen.values().all(|n| *n >= 15), "new connections spread: {seen:?}");
+
+    // One stops: its endpoint goes, traffic continues on the others.
+    registrar.handle(&stopped(&redis_td, "redis1", 41, 3), now).await.unwrap();
+    redis_1.abort();
+    eventually("two redis endpoints", WAIT, || metric(&admin_get(admin, "/metrics").1, &endpoints_metric) == Some(2.0))
+        .await;
+    let seen = spread(redis_at, 30).await;
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["redis-2", "redis-3"], "{seen:?}");
+
+    // A new service: the running sidecar opens its listener, no restart.
+    let _api = task_server(Ipv4Addr::new(127, 0, 0, 44), "api-1").await;
+    registrar.handle(&running(&api_td, "api1", 44, 2), now).await.unwrap();
+    sync.run(Trigger::Changed, now).await.unwrap();
+    let api_vip: Ipv4Addr = a_records(&zone).await["api.mesh.local"][0].parse().unwrap();
+    let api_at = SocketAddr::from((api_vip, settings.vip_port));
+    eventually("the api listener", WAIT, || std::net::TcpStream::connect(api_at).is_ok()).await;
+    assert_eq!(ask(api_at).await, "api-1");
+    assert_eq!(sidecar.0.try_wait().unwrap(), None, "pid {pid} still the same process");
+
+    // api's only task stops; after the grace dns-sync collects the name, the
+    // sidecar closes the listener, and the VIP rests in quarantine.
+    registrar.handle(&stopped(&api_td, "api1", 44, 3), now).await.unwrap();
+    let later = now + settings.service_deletion_grace.as_secs() + 1;
+    let report = sync.run(Trigger::Schedule, later).await.unwrap();
+    assert_eq!(report.collected, 1, "{report:?}");
+    assert!(!a_records(&zone).await.contains_key("api.mesh.local"));
+    eventually("the api listener closed", WAIT, || std::net::TcpStream::connect(api_at).is_err()).await;
+    let ledger = DynamoVipLedger::new(client.clone(), &table);
+    let pool = VipPool::new(format!("{}/30", Ipv4Addr::from(u32::from(api_vip) & !3)).parse().unwrap()).unwrap();
+    let newcomer = ServiceKey::new(&mesh, ServiceKind::Service, "newcomer");
+    if let Ok(a) = allocate(&ledger, &pool, &newcomer, later + 1).await {
+        assert_ne!(a.vip, api_vip, "a VIP in quarantine is not handed out");
+    }
+
+    // The table goes away: the last good view keeps serving, its age grows.
+    aws.cut();
+    eventually("a refresh error", WAIT, || {
+        metric(&admin_get(admin, "/metrics").1, "loopmesh_view_refresh_errors_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let seen = spread(redis_at, 20).await;
+    assert_eq!(seen.values().sum::<usize>(), 20, "traffic keeps flowing: {seen:?}");
+    assert_eq!(admin_get(admin, "/ready").0, 200);
+    let age = metric(&admin_get(admin, "/metrics").1, "loopmesh_view_age_seconds").unwrap();
+    assert!(age > 0.2, "the view's age is reported: {age}");
+}
