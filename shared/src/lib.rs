@@ -14,6 +14,7 @@
 //!   over ports for task definitions, role tags and the table.
 //! - [`dns`]: desired records, the planner, batching, the Route53 rate limiter
 //!   and one dns-sync run over ports for Route53 and the table.
+//! - [`resources`]: applied resources: where each lives and the service it declares.
 //! - [`store`]: the table: definition, key layout, DynamoDB adapters.
 //! - [`aws`]: ECS and IAM adapters, SDK configuration and error mapping.
 //! - [`view`]: the mesh view a sidecar serves, built from service and endpoint rows.
@@ -28,6 +29,7 @@ pub mod dns_name;
 pub mod identity;
 pub mod model;
 pub mod registration;
+pub mod resources;
 pub mod store;
 pub mod template;
 pub mod view;

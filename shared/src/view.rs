@@ -100,6 +100,8 @@ pub struct EndpointEntry {
     pub port: u16,
     pub service_port: u16,
     pub zone: Option<String>,
+    /// The task it belongs to (for operators; the sidecar does not need it).
+    pub task_arn: Option<String>,
 }
 
 /// The view of one mesh. A `kuma.io/service` service listens on the shared
@@ -130,8 +132,9 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
                 push(vip_port, by_service.get(s.name.as_str()).into_iter().flatten().map(|e| endpoint(e)).collect())
             }
             ServiceKind::MeshService => {
+                let backing = crate::resources::backing_service(&s.name, &s.match_labels);
                 for &port in &s.ports {
-                    push(port, of_port(&s.name, port));
+                    push(port, of_port(backing, port));
                 }
             }
             ServiceKind::MeshMultiZoneService => {
@@ -141,7 +144,13 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
                     .filter(|m| s.match_labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
                     .collect();
                 for &port in &s.ports {
-                    push(port, matched.iter().flat_map(|m| of_port(&m.name, port)).collect());
+                    push(
+                        port,
+                        matched
+                            .iter()
+                            .flat_map(|m| of_port(crate::resources::backing_service(&m.name, &m.match_labels), port))
+                            .collect(),
+                    );
                 }
             }
             ServiceKind::MeshExternalService => {
@@ -198,7 +207,14 @@ mod tests {
     }
 
     fn ep(service: &str, address: &str, port: u16, service_port: u16) -> EndpointEntry {
-        EndpointEntry { service: service.into(), address: address.into(), port, service_port, zone: None }
+        EndpointEntry {
+            service: service.into(),
+            address: address.into(),
+            port,
+            service_port,
+            zone: None,
+            task_arn: None,
+        }
     }
 
     #[test]

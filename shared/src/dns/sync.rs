@@ -44,6 +44,8 @@ pub struct ServiceRow {
     pub labels: Labels,
     pub assigned_at: UnixSeconds,
     pub last_endpoint_change: UnixSeconds,
+    /// An applied resource declares it: it lives until the resource is deleted.
+    pub declared: bool,
 }
 
 /// A name loopmesh could not publish, for operators.
@@ -227,7 +229,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
             let generators = self.store.generators().await?;
             let mut collecting = Vec::new();
             if trigger == Trigger::Schedule {
-                for row in rows.iter().filter(|r| r.vip.is_some()) {
+                for row in rows.iter().filter(|r| r.vip.is_some() && !r.declared) {
                     let idle_since = row.last_endpoint_change.max(row.assigned_at);
                     if idle_since.saturating_add(self.settings.grace) <= now
                         && !self.store.has_endpoints(&row.key).await?

@@ -51,6 +51,12 @@ impl ResourceKind {
     }
 }
 
+impl serde::Serialize for ResourceKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ResourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -128,9 +134,17 @@ impl fmt::Display for DocumentError {
 /// Parses every document of a YAML stream (or one JSON document). Each document
 /// is judged on its own: a bad one does not hide the others' errors.
 pub fn parse_documents(text: &str) -> Vec<Result<Resource, DocumentError>> {
+    parse_documents_with_text(text).into_iter().map(|(r, _)| r).collect()
+}
+
+/// Like [`parse_documents`], each result with its document as YAML text: what
+/// `loopmesh apply` stores, so the stored form reads like what was written.
+pub fn parse_documents_with_text(text: &str) -> Vec<(Result<Resource, DocumentError>, String)> {
     let values = match split_values(text) {
         Ok(v) => v,
-        Err((document, errors)) => return vec![Err(DocumentError { document, kind: None, name: None, errors })],
+        Err((document, errors)) => {
+            return vec![(Err(DocumentError { document, kind: None, name: None, errors }), String::new())];
+        }
     };
     values
         .into_iter()
@@ -138,7 +152,8 @@ pub fn parse_documents(text: &str) -> Vec<Result<Resource, DocumentError>> {
         .map(|(i, value)| {
             let kind = value.get("type").and_then(serde_yaml_ng::Value::as_str).map(str::to_owned);
             let name = value.get("name").and_then(serde_yaml_ng::Value::as_str).map(str::to_owned);
-            from_value(value).map_err(|errors| DocumentError { document: i + 1, kind, name, errors })
+            let doc = serde_yaml_ng::to_string(&value).unwrap_or_default();
+            (from_value(value).map_err(|errors| DocumentError { document: i + 1, kind, name, errors }), doc)
         })
         .collect()
 }

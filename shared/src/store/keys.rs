@@ -106,6 +106,8 @@ pub mod attr {
     pub const EXTERNAL: &str = "external";
     /// A MeshMultiZoneService's selector over MeshService labels.
     pub const MATCH_LABELS: &str = "match_labels";
+    /// Set while an applied resource declares the service: never collected.
+    pub const DECLARED: &str = "declared";
     pub const GENERATION: &str = "generation";
     pub const UPDATED_AT: &str = "updated_at";
     pub const REASON: &str = "reason";

@@ -143,6 +143,7 @@ impl DnsStore for DynamoDnsStore {
                     labels: entry.labels,
                     assigned_at: num(&item, attr::ASSIGNED_AT),
                     last_endpoint_change: num(&item, attr::LAST_ENDPOINT_CHANGE),
+                    declared: item.get(attr::DECLARED).and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
                 });
             }
         }

@@ -56,6 +56,7 @@ impl DynamoMeshView {
                 port: port(attr::PORT).ok_or_else(|| bad("no port"))?,
                 service_port: port(attr::SERVICE_PORT).unwrap_or(0),
                 zone: text(&item, attr::ZONE).map(str::to_owned),
+                task_arn: text(&item, attr::TASK_ARN).map(str::to_owned),
             });
         }
         Ok((services, endpoints))

@@ -3,6 +3,8 @@
 mod dns_store;
 mod mesh_view;
 mod registry;
+mod resources;
+mod status;
 mod vip_ledger;
 
 use std::time::Duration;
@@ -16,6 +18,8 @@ use aws_sdk_dynamodb::types::{
 pub use dns_store::DynamoDnsStore;
 pub use mesh_view::DynamoMeshView;
 pub use registry::DynamoRegistry;
+pub use resources::{Applied, DynamoResources, WriteError, declared_key};
+pub use status::{ConflictRow, DynamoStatus, LeaseRow, RefusalRow};
 pub use vip_ledger::DynamoVipLedger;
 
 use super::table::TableDefinition;
@@ -177,6 +181,31 @@ pub(crate) fn bump_generation(
         .build()
         .map_err(|e| build_err(table, e))?;
     Ok(TransactWriteItem::builder().update(u).build())
+}
+
+/// Bumps the DNS state's generation so dns-sync runs, and adds `mesh` to
+/// the meshes it reads services from.
+pub(crate) fn bump_dns(
+    table: &str,
+    mesh: Option<&str>,
+    now: crate::vip::UnixSeconds,
+) -> Result<TransactWriteItem, StoreError> {
+    use super::keys::{self, attr};
+    let mut u = aws_sdk_dynamodb::types::Update::builder()
+        .table_name(table)
+        .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_STATE_SK.into())))
+        .expression_attribute_names("#g", attr::GENERATION)
+        .expression_attribute_names("#u", attr::UPDATED_AT)
+        .expression_attribute_values(":one", n(1))
+        .expression_attribute_values(":now", n(now));
+    u = match mesh {
+        Some(m) => u
+            .update_expression("ADD #g :one, #m :m SET #u = :now")
+            .expression_attribute_names("#m", attr::MESHES)
+            .expression_attribute_values(":m", AttributeValue::Ss(vec![m.to_owned()])),
+        None => u.update_expression("ADD #g :one SET #u = :now"),
+    };
+    Ok(TransactWriteItem::builder().update(u.build().map_err(|e| build_err(table, e))?).build())
 }
 
 pub(crate) fn build_err(table: &str, e: impl std::fmt::Display) -> StoreError {

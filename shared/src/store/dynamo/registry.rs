@@ -163,19 +163,7 @@ impl Registry for DynamoRegistry {
         items.push(bump_generation(&self.table, mesh_pk, keys::VIEW_SK, reg.now)?);
         if reg.dns_changed {
             // dns-sync learns of the change, and of the mesh to read services from.
-            let u = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_STATE_SK.into())))
-                .update_expression("ADD #g :one, #m :m SET #u = :now")
-                .expression_attribute_names("#g", attr::GENERATION)
-                .expression_attribute_names("#m", attr::MESHES)
-                .expression_attribute_names("#u", attr::UPDATED_AT)
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":m", AttributeValue::Ss(vec![reg.mesh.clone()]))
-                .expression_attribute_values(":now", n(reg.now))
-                .build()
-                .map_err(|e| self.err(e))?;
-            items.push(TransactWriteItem::builder().update(u).build());
+            items.push(super::bump_dns(&self.table, Some(&reg.mesh), reg.now)?);
         }
         match transact(&self.client, &self.table, "TransactWriteItems (register task)", items).await? {
             None => Ok(WriteOutcome::Applied),
