@@ -42,6 +42,14 @@ enum Command {
     /// Example (a static view, no AWS):
     ///   run --view-file view.json --zone us-east-1a
     Run(RunArgs),
+    /// Exit 0 when the sidecar on this task answers `/ready` with 200: the
+    /// ECS container health check, without curl in the image.
+    ///
+    /// Example: HealthCheck: {Command: [CMD, loopmesh-sidecar, ready]}
+    Ready {
+        #[arg(long, env = "LOOPMESH_SIDECAR_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
+        admin_address: SocketAddr,
+    },
 }
 
 fn duration(v: &str) -> Result<Duration, String> {
@@ -108,12 +116,38 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Ready { admin_address } => return ready(admin_address),
+    };
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "loopmesh-sidecar cannot start");
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ready(admin: SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match answer {
+        Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(text) => {
+            eprintln!("not ready: {}", text.lines().next().unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("not ready: {admin}: {e}");
             ExitCode::FAILURE
         }
     }

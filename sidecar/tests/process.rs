@@ -136,6 +136,11 @@ fn serves_a_view_file_with_inbound_admin_and_drains_on_sigterm() {
     let pid = child.id();
     let sidecar = Sidecar(child);
     wait_for("/ready", || get(admin, "/ready").0 == 200);
+    let probe = Command::new(env!("CARGO_BIN_EXE_loopmesh-sidecar"))
+        .args(["ready", "--admin-address", &admin.to_string()])
+        .status()
+        .unwrap();
+    assert!(probe.success(), "the health-check command agrees");
 
     // Outbound through the VIP, inbound to the application.
     assert_eq!(echo_once(first, b"PING"), b"PING");
