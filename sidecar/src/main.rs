@@ -41,7 +41,7 @@ enum Command {
     ///   run --bind-outbounds --dataplane-var address=10.0.2.11 --dataplane-var dpname=redis-1
     /// Example (a static view, no AWS):
     ///   run --view-file view.json --zone us-east-1a
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Exit 0 when the sidecar on this task answers `/ready` with 200: the
     /// ECS container health check, without curl in the image.
     ///
@@ -117,7 +117,7 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = match Cli::parse().command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::Ready { admin_address } => return ready(admin_address),
     };
     match run(args).await {
