@@ -40,7 +40,7 @@ enum Command {
     /// Example (ECS task definition command):
     ///   run --bind-outbounds --dataplane-var address=10.0.2.11 --dataplane-var dpname=redis-1
     /// Example (a static view, no AWS):
-    ///   run --view-file view.json --zone us-east-1a
+    ///   run --bind-outbounds --view-file view.json --zone us-east-1a
     Run(Box<RunArgs>),
     /// Exit 0 when the sidecar on this task answers `/ready` with 200: the
     /// ECS container health check, without curl in the image.
@@ -58,8 +58,9 @@ fn duration(v: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Listen on the VIPs of the mesh's services (always on; accepted for
-    /// task definitions written for kuma-dp).
+    /// Listen on the VIPs of the mesh's services, as kuma-dp does with this
+    /// flag. Without it the sidecar serves only its inbounds (a task that
+    /// calls nobody, or several local "tasks" sharing one machine).
     #[arg(long)]
     bind_outbounds: bool,
     /// KEY=VALUE for the Dataplane template; `address`, `dpname` and `zone`
@@ -189,21 +190,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => (args.mesh.clone(), Vec::new()),
     };
     let zone = args.zone.clone().or_else(|| vars.get("zone").cloned()).or(meta.zone);
-    let source = match (&args.view_file, mesh) {
-        (Some(path), _) => Source::File(path.clone()),
-        (None, Some(mesh)) => {
+    let source = match (args.bind_outbounds, &args.view_file, mesh) {
+        (false, _, _) => None,
+        (true, Some(path), _) => Some(Source::File(path.clone())),
+        (true, None, Some(mesh)) => {
             let settings = Settings::from_env().map_err(|e| e.to_string())?;
             let client = aws_sdk_dynamodb::Client::new(&loopmesh_shared::aws::sdk_config().await);
-            Source::Table {
+            Some(Source::Table {
                 reader: DynamoMeshView::new(client, settings.table_name),
                 mesh,
                 vip_port: settings.vip_port,
-            }
+            })
         }
-        (None, None) => {
-            return Err(
-                "no view: give --view-file FILE, or KUMA_DATAPLANE_RUNTIME_RESOURCE or --mesh to read the table".into(),
-            );
+        (true, None, None) => {
+            return Err("--bind-outbounds needs a view: --view-file FILE, or KUMA_DATAPLANE_RUNTIME_RESOURCE or --mesh to read the table".into());
         }
     };
     let settings = ProxySettings {
@@ -221,7 +221,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // The admin endpoint outlives the listeners: `/ready` says 503 while draining.
     let admin_stop = CancellationToken::new();
     tokio::spawn(Admin { listeners: listeners.clone(), status: status.clone() }.serve(admin, admin_stop.clone()));
-    let refresher = tokio::spawn(refresh(source, listeners.clone(), status, args.refresh_interval, stop.clone()));
+    let refresher = match source {
+        Some(source) => tokio::spawn(refresh(source, listeners.clone(), status, args.refresh_interval, stop.clone())),
+        None => {
+            // Inbounds only: ready as soon as they listen.
+            listeners.apply(loopmesh_sidecar::view::View::default())?;
+            tokio::spawn(async {})
+        }
+    };
     tracing::info!(admin = %args.admin_address, "sidecar started");
 
     shutdown_signal().await;
