@@ -1,0 +1,296 @@
+//! The data path against a direct connection and haproxy (tcp mode, and with
+//! splice), all in one run so only ratios count: iperf3 throughput through
+//! one VIP (1 and 8 streams, median of 3), new connections per second (32
+//! workers, connect + 1-byte echo), held-connection round trip (p50, p99),
+//! memory with 10,000 VIP listeners and per idle connection, and
+//! reconfiguration (1,000 VIPs added to 10,000; 1,000 removed under a running
+//! iperf3). Needs iperf3 and haproxy on PATH (`bench/run sidecar` installs them).
+#![allow(clippy::unwrap_used, clippy::disallowed_types)] // a benchmark measures wall time and fails loudly
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use loopmesh_tests::process::{ChildGuard, admin_get, workspace_binary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const IPERF_SECONDS: &str = "4";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(cmd: &mut Command) -> ChildGuard {
+    ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+}
+
+fn rss_kib(child: &Child) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    a
+}
+
+fn haproxy(listen: SocketAddr, backend: SocketAddr, splice: bool) -> ChildGuard {
+    let cfg = format!(
+        "global\n  maxconn 200000\n{}\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n{}\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s {backend}\n",
+        if splice { "" } else { "  nosplice" },
+        if splice { "  option splice-auto" } else { "" },
+    );
+    let path = std::env::temp_dir().join(format!("haproxy-{}-{splice}.cfg", listen.port()));
+    std::fs::write(&path, cfg).unwrap();
+    spawn(Command::new("haproxy").arg("-f").arg(path))
+}
+
+fn view(outbounds: &[(Ipv4Addr, u16, SocketAddr)]) -> String {
+    let items: Vec<String> = outbounds
+        .iter()
+        .map(|(vip, port, to)| {
+            format!(r#"{{"service":"s{vip}","vip":"{vip}","port":{port},"endpoints":[{{"address":"{to}"}}]}}"#)
+        })
+        .collect();
+    format!(r#"{{"outbounds":[{}]}}"#, items.join(","))
+}
+
+fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 20, 0, 1)) + i)
+}
+
+fn write_view(path: &std::path::Path, text: &str) {
+    // Atomic replace, so the sidecar never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn iperf(target: SocketAddr, streams: &str) -> f64 {
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+            "-t",
+            IPERF_SECONDS,
+            "-P",
+            streams,
+            "-J",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn connections_per_second(target: SocketAddr) -> (f64, u64) {
+    let (done, errors, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (done, errors, stop) = (done.clone(), errors.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = async {
+                        let mut s = TcpStream::connect(target).await.ok()?;
+                        s.write_all(b"x").await.ok()?;
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await.ok()?;
+                        Some(())
+                    }
+                    .await;
+                    let counter = if ok.is_some() { &done } else { &errors };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    (done.load(Ordering::Relaxed) as f64 / 3.0, errors.load(Ordering::Relaxed))
+}
+
+async fn round_trips(target: SocketAddr) -> (f64, f64) {
+    let mut s = TcpStream::connect(target).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut samples = Vec::with_capacity(20_000);
+    let mut b = [0u8; 1];
+    for i in 0..21_000 {
+        let t = Instant::now();
+        s.write_all(b"x").await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+        if i >= 1_000 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+#[tokio::main]
+async fn main() {
+    let sidecar_bin = workspace_binary("loopmesh-sidecar");
+    let echo = echo_server().await;
+    let iperf_port = free_port();
+    let _iperf_server = spawn(Command::new("iperf3").args(["-s", "-p", &iperf_port.to_string()]));
+    let iperf_at = SocketAddr::from(([127, 0, 0, 1], iperf_port));
+    let (ha_echo, ha_iperf, has_echo, has_iperf) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let _ha = (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false));
+    let _has = (haproxy(has_echo, echo, true), haproxy(has_iperf, iperf_at, true));
+
+    // The sidecar: two VIPs (echo, iperf3) plus 10,000 idle ones.
+    let dir = std::env::temp_dir().join(format!("loopmesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let view_file = dir.join("view.json");
+    let (lm_echo, lm_iperf) = (SocketAddr::from((vip(0), 8080)), SocketAddr::from((vip(1), 8080)));
+    let mut outbounds = vec![(vip(0), 8080, echo), (vip(1), 8080, iperf_at)];
+    write_view(&view_file, &view(&outbounds));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sidecar = spawn(
+        Command::new(&sidecar_bin)
+            .args(["run", "--bind-outbounds", "--view-file"])
+            .arg(&view_file)
+            .args(["--admin-address", &admin.to_string(), "--refresh-interval", "20ms"])
+            .env("RUST_LOG", "warn"),
+    );
+    while admin_get(admin, "/ready").0 != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    println!("throughput through one VIP (iperf3, {IPERF_SECONDS} s, median of 3), Gbit/s");
+    let mut rows = Vec::new();
+    for streams in ["1", "8"] {
+        let measure = |t: SocketAddr| median((0..3).map(|_| iperf(t, streams)).collect());
+        let (d, h, hs, l) = (measure(iperf_at), measure(ha_iperf), measure(has_iperf), measure(lm_iperf));
+        rows.push((streams, d, h, hs, l));
+    }
+    println!(
+        "{:<8} {:>8} {:>8} {:>12} {:>9} {:>10} {:>14}",
+        "streams", "direct", "haproxy", "haproxy+spl", "loopmesh", "vs direct", "vs haproxy+spl"
+    );
+    for (s, d, h, hs, l) in &rows {
+        println!("{s:<8} {d:>8.1} {h:>8.1} {hs:>12.1} {l:>9.1} {:>9.2}x {:>13.2}x", l / d, l / hs);
+    }
+
+    println!("\nnew connections per second (32 workers, connect + 1-byte echo, 3 s)");
+    let (d, de) = connections_per_second(echo).await;
+    let (h, he) = connections_per_second(ha_echo).await;
+    let (l, le) = connections_per_second(lm_echo).await;
+    println!(
+        "direct {d:.0} ({de} errors), haproxy {h:.0} ({he} errors), loopmesh {l:.0} ({le} errors): {:.2}x direct, {:.2}x haproxy",
+        l / d,
+        l / h
+    );
+
+    println!("\nheld-connection round trip, 1 byte, TCP_NODELAY, 20,000 samples (us)");
+    let (dp50, dp99) = round_trips(echo).await;
+    let (hp50, hp99) = round_trips(ha_echo).await;
+    let (lp50, lp99) = round_trips(lm_echo).await;
+    println!(
+        "direct p50 {dp50:.1} p99 {dp99:.1}; haproxy p50 {hp50:.1} p99 {hp99:.1}; loopmesh p50 {lp50:.1} p99 {lp99:.1}"
+    );
+    println!(
+        "added by loopmesh: p50 +{:.1} us, p99 +{:.1} us (haproxy: +{:.1}, +{:.1})",
+        lp50 - dp50,
+        lp99 - dp99,
+        hp50 - dp50,
+        hp99 - dp99
+    );
+
+    let rss_before = rss_kib(&sidecar.0);
+    outbounds.extend((2..10_002).map(|i| (vip(i), 8080, echo)));
+    write_view(&view_file, &view(&outbounds));
+    while TcpStream::connect((vip(10_001), 8080)).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_10k = rss_kib(&sidecar.0);
+    println!(
+        "\nmemory: {} KiB resident with 2 VIP listeners, {} KiB with 10,002 ({:.1} MiB; {:.0} bytes per listener)",
+        rss_before,
+        rss_10k,
+        rss_10k as f64 / 1024.0,
+        (rss_10k - rss_before) as f64 * 1024.0 / 10_000.0
+    );
+    let mut idle = Vec::new();
+    for _ in 0..2_000 {
+        let mut s = TcpStream::connect(lm_echo).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_kib(&sidecar.0);
+    println!(
+        "idle established connections: {:.0} bytes each (RSS delta over 2,000, buffers and task state)",
+        (rss_idle.saturating_sub(rss_10k)) as f64 * 1024.0 / 2_000.0
+    );
+    drop(idle);
+
+    // Reconfiguration: 1,000 more VIPs; time from the view's write until all accept.
+    outbounds.extend((10_002..11_002).map(|i| (vip(i), 8080, echo)));
+    let t = Instant::now();
+    write_view(&view_file, &view(&outbounds));
+    for i in 10_002..11_002 {
+        while TcpStream::connect((vip(i), 8080)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let added = t.elapsed();
+    println!(
+        "\nreconfiguration: 1,000 VIPs added to 10,002 all accepting {:.0} ms after the view file was written (refresh interval 20 ms, file read and parse included)",
+        added.as_secs_f64() * 1e3
+    );
+    // 1,000 removed while an iperf3 runs through an untouched VIP.
+    let run = std::thread::spawn(move || {
+        let out = Command::new("iperf3")
+            .args(["-c", &lm_iperf.ip().to_string(), "-p", &lm_iperf.port().to_string(), "-t", "3", "-J"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.success() && v.get("error").is_none(),
+            v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    outbounds.truncate(10_002);
+    write_view(&view_file, &view(&outbounds));
+    let (clean, gbps) = run.join().unwrap();
+    let metrics = admin_get(admin, "/metrics").1;
+    let listeners = loopmesh_tests::process::metric(&metrics, "loopmesh_outbound_listeners").unwrap_or(0.0);
+    println!(
+        "1,000 VIPs removed during an iperf3 through another VIP: iperf3 {} ({gbps:.1} Gbit/s), {listeners} listeners left",
+        if clean { "finished cleanly" } else { "FAILED" }
+    );
+}
