@@ -248,6 +248,27 @@ pub(crate) async fn query(
     }
 }
 
+/// A service's ports as stored: a list of `{port, protocol}` maps.
+pub(crate) fn ports_value(ports: &[(u16, String)]) -> AttributeValue {
+    use super::keys::attr;
+    AttributeValue::L(
+        ports
+            .iter()
+            .map(|(p, proto)| {
+                AttributeValue::M(Item::from([
+                    (attr::PORT.to_owned(), n((*p).into())),
+                    (attr::PROTOCOL.to_owned(), s(proto)),
+                ]))
+            })
+            .collect(),
+    )
+}
+
+/// Labels (or a selector) as a map of strings.
+pub(crate) fn labels_value(labels: &crate::model::Labels) -> AttributeValue {
+    AttributeValue::M(labels.iter().map(|(k, v)| (k.clone(), s(v))).collect())
+}
+
 pub(crate) fn num(item: &Item, name: &str) -> u64 {
     item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }

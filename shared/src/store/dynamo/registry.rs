@@ -140,23 +140,12 @@ impl Registry for DynamoRegistry {
             if svc.ports.is_empty() {
                 u = u.update_expression("SET #c = :now");
             } else {
-                let ports = svc
-                    .ports
-                    .iter()
-                    .map(|(p, proto)| {
-                        AttributeValue::M(HashMap::from([
-                            (attr::PORT.to_owned(), n((*p).into())),
-                            (attr::PROTOCOL.to_owned(), s(proto)),
-                        ]))
-                    })
-                    .collect();
-                let labels = svc.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect();
                 u = u
                     .update_expression("SET #c = :now, #p = :p, #l = :l")
                     .expression_attribute_names("#p", attr::PORTS)
                     .expression_attribute_names("#l", attr::LABELS)
-                    .expression_attribute_values(":p", AttributeValue::L(ports))
-                    .expression_attribute_values(":l", AttributeValue::M(labels));
+                    .expression_attribute_values(":p", super::ports_value(&svc.ports))
+                    .expression_attribute_values(":l", super::labels_value(&svc.labels));
             }
             items.push(TransactWriteItem::builder().update(u.build().map_err(|e| self.err(e))?).build());
         }

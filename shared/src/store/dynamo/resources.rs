@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
-use super::{build_err, bump_dns, bump_generation, key, n, num, s, sdk_error, text, transact};
+use super::{
+    build_err, bump_dns, bump_generation, key, labels_value, n, num, ports_value, s, sdk_error, text, transact,
+};
 use crate::config::Pools;
 use crate::model::{Resource, ResourceKind};
 use crate::resources::{Change, Declared, StoredResource, appliable, declared_service, home_mesh};
@@ -234,17 +236,6 @@ impl DynamoResources {
     /// Sets what a sidecar needs on the declared service's item, if it still
     /// holds `vip`, and marks it declared (kept from garbage collection).
     fn declare(&self, d: &Declared, vip: Ipv4Addr, now: UnixSeconds) -> Result<TransactWriteItem, StoreError> {
-        let ports = d
-            .ports
-            .iter()
-            .map(|(p, proto)| {
-                AttributeValue::M(HashMap::from([
-                    (attr::PORT.to_owned(), n((*p).into())),
-                    (attr::PROTOCOL.to_owned(), s(proto)),
-                ]))
-            })
-            .collect();
-        let map = |l: &crate::model::Labels| AttributeValue::M(l.iter().map(|(k, v)| (k.clone(), s(v))).collect());
         let u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(keys::mesh_pk(&d.key.mesh), keys::service_sk(d.key.kind, &d.key.name))))
@@ -258,10 +249,10 @@ impl DynamoResources {
             .expression_attribute_names("#d", attr::DECLARED)
             .expression_attribute_names("#c", attr::LAST_ENDPOINT_CHANGE)
             .expression_attribute_values(":vip", s(vip.to_string()))
-            .expression_attribute_values(":p", AttributeValue::L(ports))
-            .expression_attribute_values(":l", map(&d.labels))
+            .expression_attribute_values(":p", ports_value(&d.ports))
+            .expression_attribute_values(":l", labels_value(&d.labels))
             .expression_attribute_values(":x", AttributeValue::L(d.external.iter().map(s).collect()))
-            .expression_attribute_values(":ml", map(&d.match_labels))
+            .expression_attribute_values(":ml", labels_value(&d.match_labels))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":now", n(now))
             .build()
