@@ -13,15 +13,16 @@ use tokio::task::JoinSet;
 
 /// A binary of this workspace, built by the same `cargo test` run (target/<profile>/<name>).
 pub fn workspace_binary(name: &str) -> PathBuf {
+    // A test runs from target/<profile>/deps, a benchmark from target/<profile>.
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
-    let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
-        path.display()
-    );
-    path
+    let dirs = exe.ancestors().skip(1).take(2);
+    let found = dirs.map(|d| d.join(name)).find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: run `cargo build --workspace --bins` first (scripts/test does)",
+            exe.display()
+        )
+    })
 }
 
 /// Kills the child when dropped, so a failed assertion leaves nothing running.
