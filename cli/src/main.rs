@@ -207,7 +207,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Get { kind, name, mesh, output } => get(&kind, name.as_deref(), &mesh, output).await,
         Command::Status { mesh, output } => {
             let settings = settings()?;
-            let status = status::gather(&client().await, &settings, mesh.as_deref())
+            let status = status::gather(&client().await, &settings, mesh.as_deref(), true)
                 .await
                 .map_err(|e| aws_hint(&e, &settings.table_name))?;
             print!("{}", structured(output, &status).unwrap_or_else(|| status::render(&status)));
@@ -297,8 +297,9 @@ async fn get(kind: &str, name: Option<&str>, mesh: &str, output: Format) -> Resu
     let client = client().await;
     let lower = kind.to_ascii_lowercase();
     if ["services", "service", "svc", "endpoints", "endpoint", "ep"].contains(&lower.as_str()) {
-        let mut status =
-            status::gather(&client, &settings, Some(mesh)).await.map_err(|e| aws_hint(&e, &settings.table_name))?;
+        let mut status = status::gather(&client, &settings, Some(mesh), false)
+            .await
+            .map_err(|e| aws_hint(&e, &settings.table_name))?;
         let services = lower.starts_with("s");
         for m in &mut status.meshes {
             if let Some(n) = name {

@@ -61,10 +61,13 @@ pub struct PoolUse {
     pub size: u32,
 }
 
+/// Reads the meshes' services and endpoints; with `full`, also the pools,
+/// refusals, conflicts and last sync (`get services|endpoints` needs none of these).
 pub async fn gather(
     client: &aws_sdk_dynamodb::Client,
     settings: &Settings,
     only_mesh: Option<&str>,
+    full: bool,
 ) -> Result<Status, StoreError> {
     let table_name = &settings.table_name;
     let dns = DynamoDnsStore::new(client.clone(), table_name);
@@ -92,6 +95,7 @@ pub async fn gather(
             };
             let published = s.vip.and_then(|v| names.get(&v)).cloned().unwrap_or_default();
             let mut zones: Vec<String> = published.iter().map(|(_, z)| z.clone()).collect();
+            zones.sort();
             zones.dedup();
             rows.push(ServiceStatus {
                 kind: s.kind.code().to_owned(),
@@ -102,9 +106,10 @@ pub async fn gather(
                 endpoints: count,
             });
         }
-        let leases = status.leases(&mesh).await?;
+        let leases = if full { status.leases(&mesh).await? } else { Vec::new() };
         let pools = ServiceKind::ALL
             .into_iter()
+            .filter(|_| full)
             .map(|kind| {
                 let cidr = settings.pools.for_kind(kind);
                 let size = VipPool::new(cidr).map(|p| p.size()).unwrap_or(0);
@@ -129,6 +134,9 @@ pub async fn gather(
                 .collect(),
             pools,
         });
+    }
+    if !full {
+        return Ok(Status { meshes: out, refusals: Vec::new(), conflicts: Vec::new(), last_sync: None });
     }
     let refusals = status
         .refusals()

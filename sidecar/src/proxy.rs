@@ -141,11 +141,13 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
             }
             failed => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                let error = failed.map_or_else(
-                    |_| "connect timeout".to_owned(),
-                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
-                );
-                tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, %error, "connect failed");
+                // Formatted only when debug logging is on: this is the connect path.
+                match failed {
+                    Ok(Err(e)) => {
+                        tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, error = %e, "connect failed")
+                    }
+                    _ => tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, "connect timeout"),
+                }
                 if balancer.failed(i, Instant::now()) {
                     stats.ejections.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(service = %route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive connect failures");

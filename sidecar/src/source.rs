@@ -63,7 +63,7 @@ impl ViewStatus {
     }
 }
 
-/// One fetch: `Ok(None)` when nothing changed since `seen`.
+/// One fetch: [`Fetched::Unchanged`] when nothing changed since the marker seen.
 enum Fetched {
     Unchanged,
     New(View, Marker),

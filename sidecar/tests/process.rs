@@ -8,6 +8,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use loopmesh_tests::process::{ChildGuard as Sidecar, admin_get as get, free_port};
+
+/// The value of a metric line starting with `prefix`; panics when it is missing.
+fn metric(text: &str, prefix: &str) -> f64 {
+    loopmesh_tests::process::metric(text, prefix).unwrap_or_else(|| panic!("no metric {prefix} in\n{text}"))
+}
+
 const TEMPLATE: &str = r#"
 type: Dataplane
 name: "{{ dpname }}"
@@ -20,10 +27,6 @@ networking:
       tags:
         kuma.io/service: redis
 "#;
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
 
 /// A std echo server on its own thread.
 fn echo() -> SocketAddr {
@@ -39,16 +42,6 @@ fn echo() -> SocketAddr {
         }
     });
     addr
-}
-
-fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(admin) else { return (0, String::new()) };
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -70,15 +63,6 @@ fn echo_once(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The value of a metric line starting with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {prefix} in\n{text}"))
-}
-
 fn view_json(outbounds: &[(&str, SocketAddr, SocketAddr)]) -> String {
     let items: Vec<String> = outbounds
         .iter()
@@ -91,15 +75,6 @@ fn view_json(outbounds: &[(&str, SocketAddr, SocketAddr)]) -> String {
         })
         .collect();
     format!(r#"{{"outbounds":[{}]}}"#, items.join(","))
-}
-
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn sigterm(child: &Child) {
