@@ -61,10 +61,13 @@ pub struct Listeners {
     pub view_changes: AtomicU64,
 }
 
-/// A listening socket on exactly `addr`, never a wildcard.
+/// A listening socket on exactly `addr`, never a wildcard. `TCP_NODELAY`
+/// here is inherited by every accepted socket on Linux, which saves a call
+/// per connection.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }

@@ -82,10 +82,12 @@ impl Route {
 /// Accepts on `listener` until the route is stopped; connections run on
 /// `tracker` so a drain can wait for them.
 pub async fn serve(listener: TcpListener, route: Arc<Route>, settings: ProxySettings, tracker: TaskTracker) {
+    let stop = route.stop.clone();
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let accepted = tokio::select! {
             biased;
-            () = route.stop.cancelled() => return,
+            () = &mut stopped => return,
             a = listener.accept() => a,
         };
         let client = match accepted {
@@ -118,6 +120,8 @@ async fn connect(target: &Target) -> std::io::Result<TcpStream> {
 
 async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
     let started = Instant::now();
+    // On Linux the socket has it from the listener already.
+    #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
     let balancer = route.balancer.load_full();
     let stats = &route.stats;

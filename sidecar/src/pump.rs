@@ -1,18 +1,21 @@
 //! Moving bytes between the two sockets of a connection.
 //!
-//! On Linux the bytes never enter user space: each direction splices from
-//! its socket into a pipe and from the pipe into the other socket. The pipe
-//! is made on the first byte, so an idle connection holds no buffer at all,
-//! and it grows from 64 KiB to 1 MiB once a direction has carried 1 MiB, so
-//! bulk flows move in large steps while small request/response traffic stays
-//! cheap. Elsewhere a plain `copy_bidirectional` does the job.
+//! On Linux a direction starts by copying through a per-thread buffer: a
+//! request or response costs a read and a write and no descriptor. The
+//! first read that fills that buffer, or a write the peer cannot take whole,
+//! marks a bulk flow, and from then on the bytes never enter user space:
+//! they are spliced from the socket into a pipe and from the pipe into the
+//! other socket, the two halves overlapping. The pipe grows from 64 KiB to
+//! 1 MiB once the direction has carried 1 MiB. No connection holds a
+//! user-space buffer while it waits. Elsewhere a plain buffered copy does
+//! the job.
 //!
 //! A reset or error on either side ends both directions; the caller then
 //! drops both sockets, so nothing outlives the connection. An end of stream
 //! on one side half-closes the other, as TCP does.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -57,32 +60,66 @@ impl Default for Activity {
     }
 }
 
-/// Carries bytes both ways until both sides ended, or either failed.
-pub async fn carry(client: &TcpStream, upstream: &TcpStream, flow: &Flow<'_>) -> io::Result<()> {
-    tokio::try_join!(
-        one_way(client, upstream, flow.sent, flow.activity),
-        one_way(upstream, client, flow.received, flow.activity)
-    )?;
-    Ok(())
+/// What one direction reports to, and shares with, the other.
+struct Side<'a> {
+    carried: &'a AtomicU64,
+    activity: &'a Activity,
+    /// Set by the first direction to end.
+    one_ended: &'a AtomicBool,
 }
 
-fn half_close(to: &TcpStream) {
-    // The peer may be gone already; the other direction reports that.
-    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+impl Side<'_> {
+    fn moved(&self, n: usize) {
+        self.carried.fetch_add(n as u64, Ordering::Relaxed);
+        self.activity.touch();
+    }
+
+    /// The direction read the end of its stream: the first to get here
+    /// half-closes `to`, as TCP does. The second need not: the connection
+    /// is dropped right after, and its close sends the FIN.
+    fn end(&self, to: &TcpStream) {
+        if !self.one_ended.swap(true, Ordering::Relaxed) {
+            // The peer may be gone already; the other direction reports that.
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+/// Carries bytes both ways until both sides ended, or either failed.
+pub async fn carry(client: &TcpStream, upstream: &TcpStream, flow: &Flow<'_>) -> io::Result<()> {
+    let one_ended = AtomicBool::new(false);
+    let (sent, received) = (
+        Side { carried: flow.sent, activity: flow.activity, one_ended: &one_ended },
+        Side { carried: flow.received, activity: flow.activity, one_ended: &one_ended },
+    );
+    tokio::try_join!(one_way(client, upstream, &sent), one_way(upstream, client, &received))?;
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
 mod splice {
+    use std::cell::RefCell;
     use std::io;
     use std::os::fd::OwnedFd;
+    use std::task::Poll;
 
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
+    use super::Side;
+
+    /// A read that fills the per-thread buffer marks a bulk flow.
+    const SCRATCH: usize = 16 * 1024;
     /// The pipe grows once a direction has carried this much.
     const GROW_AFTER: u64 = 1 << 20;
     const LARGE_PIPE: i32 = 1 << 20;
+
+    thread_local! {
+        /// Shared by every connection a worker thread serves: it never holds
+        /// bytes across an await.
+        static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+    }
 
     struct Pipe {
         read: OwnedFd,
@@ -108,48 +145,125 @@ mod splice {
         SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
     }
 
-    pub(super) async fn one_way(
-        from: &TcpStream,
-        to: &TcpStream,
-        counter: &std::sync::atomic::AtomicU64,
-        activity: &super::Activity,
-    ) -> io::Result<()> {
-        let mut pipe: Option<Pipe> = None;
-        let mut carried: u64 = 0;
+    fn would_block(e: &io::Error) -> bool {
+        e.kind() == io::ErrorKind::WouldBlock
+    }
+
+    /// What one copied read led to.
+    enum Step {
+        /// Nothing to read after all.
+        Again,
+        Ended,
+        /// All of it was written on.
+        Copied,
+        /// A full read or a busy peer: the unwritten rest is in the pipe,
+        /// and splice takes over.
+        Bulk(Pipe, usize),
+    }
+
+    pub(super) async fn one_way(from: &TcpStream, to: &TcpStream, side: &Side<'_>) -> io::Result<()> {
         loop {
             from.readable().await?;
-            let p = match &mut pipe {
-                Some(p) => p,
-                None => pipe.insert(Pipe::new()?),
-            };
-            let moved = from.try_io(Interest::READABLE, || {
-                splice(from, None, &p.write, None, p.capacity, flags()).map_err(io::Error::from)
-            });
-            let mut pending = match moved {
-                Ok(0) => {
-                    super::half_close(to);
+            match BUFFER.with_borrow_mut(|buf| copy(from, to, buf, side))? {
+                Step::Again | Step::Copied => {}
+                Step::Ended => {
+                    side.end(to);
                     return Ok(());
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            let n = pending as u64;
-            while pending > 0 {
-                match to.try_io(Interest::WRITABLE, || {
-                    splice(&p.read, None, to, None, pending, flags()).map_err(io::Error::from)
+                Step::Bulk(pipe, held) => return spliced(from, to, pipe, held, side).await,
+            }
+        }
+    }
+
+    fn copy(from: &TcpStream, to: &TcpStream, buf: &mut [u8], side: &Side<'_>) -> io::Result<Step> {
+        // A short read drained the socket. Saying "would block" then lets
+        // tokio clear the readiness (unless a newer event came in), which
+        // saves the read that would only find nothing; its `poll_read` does
+        // the same.
+        let mut short = 0;
+        let n = match from.try_io(Interest::READABLE, || {
+            let n = nix::unistd::read(from, buf)?;
+            if n > 0 && n < buf.len() {
+                short = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }) {
+            Ok(0) => return Ok(Step::Ended),
+            Ok(n) => n,
+            Err(e) if would_block(&e) && short > 0 => short,
+            Err(e) if would_block(&e) => return Ok(Step::Again),
+            Err(e) => return Err(e),
+        };
+        let written = match to.try_write(&buf[..n]) {
+            Ok(w) => w,
+            Err(e) if would_block(&e) => 0,
+            Err(e) => return Err(e),
+        };
+        side.moved(written);
+        if written == n && n < buf.len() {
+            return Ok(Step::Copied);
+        }
+        // The rest (at most SCRATCH) fits the new, empty pipe in one write.
+        let pipe = Pipe::new()?;
+        let rest = &buf[written..n];
+        if !rest.is_empty() && nix::unistd::write(&pipe.write, rest)? != rest.len() {
+            return Err(io::Error::other("a new pipe took part of a write smaller than its capacity"));
+        }
+        Ok(Step::Bulk(pipe, rest.len()))
+    }
+
+    /// Splices in while the pipe has room and the socket has bytes, and out
+    /// while the pipe holds bytes and the other socket has room, so neither
+    /// side waits for the other: a full send buffer never stops the reads
+    /// that keep the sender going.
+    async fn spliced(
+        from: &TcpStream,
+        to: &TcpStream,
+        mut pipe: Pipe,
+        mut held: usize,
+        side: &Side<'_>,
+    ) -> io::Result<()> {
+        let mut grown = false;
+        let mut ended = false;
+        loop {
+            let (want_in, want_out) = (!ended && held < pipe.capacity, held > 0);
+            std::future::poll_fn(|cx| {
+                let read = want_in && from.poll_read_ready(cx).is_ready();
+                let write = want_out && to.poll_write_ready(cx).is_ready();
+                if read || write { Poll::Ready(()) } else { Poll::Pending }
+            })
+            .await;
+            if want_in {
+                match from.try_io(Interest::READABLE, || {
+                    splice(from, None, &pipe.write, None, pipe.capacity - held, flags()).map_err(io::Error::from)
                 }) {
-                    Ok(m) => pending -= m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                    Ok(0) => ended = true,
+                    Ok(n) => held += n,
+                    Err(e) if would_block(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
-            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            activity.touch();
-            if carried < GROW_AFTER && carried + n >= GROW_AFTER {
-                p.grow();
+            if held > 0 {
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(&pipe.read, None, to, None, held, flags()).map_err(io::Error::from)
+                }) {
+                    Ok(m) => {
+                        held -= m;
+                        side.moved(m);
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
-            carried += n;
+            if !grown && side.carried.load(std::sync::atomic::Ordering::Relaxed) >= GROW_AFTER {
+                pipe.grow();
+                grown = true;
+            }
+            if ended && held == 0 {
+                side.end(to);
+                return Ok(());
+            }
         }
     }
 }
@@ -159,7 +273,7 @@ use splice::one_way;
 
 /// Portable fallback: reads into a small buffer made on the first byte.
 #[cfg(not(target_os = "linux"))]
-async fn one_way(from: &TcpStream, to: &TcpStream, counter: &AtomicU64, activity: &Activity) -> io::Result<()> {
+async fn one_way(from: &TcpStream, to: &TcpStream, side: &Side<'_>) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         from.readable().await?;
@@ -168,7 +282,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, counter: &AtomicU64, activity
         }
         let n = match from.try_read(&mut buf) {
             Ok(0) => {
-                half_close(to);
+                side.end(to);
                 return Ok(());
             }
             Ok(n) => n,
@@ -184,8 +298,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, counter: &AtomicU64, activity
                 Err(e) => return Err(e),
             }
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
+        side.moved(n);
     }
 }
 
@@ -226,6 +339,39 @@ mod tests {
         server.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"ok");
         assert_eq!(proxy.await.unwrap().unwrap(), (3 << 20, 2));
+    }
+
+    /// Small writes start in the copying mode; a receiver that does not
+    /// read at first fills the buffers, so a write is taken only in part and
+    /// the rest moves to the splicing mode. Every byte arrives, in order.
+    #[tokio::test]
+    async fn a_slow_receiver_moves_small_writes_to_splice_without_losing_a_byte() {
+        let (mut app, client) = pair().await;
+        let (upstream, mut server) = pair().await;
+        let (sent, received, activity) = (AtomicU64::new(0), AtomicU64::new(0), Activity::new());
+        let proxy = tokio::spawn(async move {
+            let flow = Flow { sent: &sent, received: &received, activity: &activity };
+            carry(&client, &upstream, &flow).await.map(|()| sent.into_inner())
+        });
+        const TOTAL: usize = 8 << 20;
+        let pattern = |i: usize| (i % 251) as u8;
+        let writer = tokio::spawn(async move {
+            let chunk: Vec<u8> = (0..TOTAL).map(pattern).collect();
+            for piece in chunk.chunks(100) {
+                app.write_all(piece).await.unwrap();
+            }
+            app.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            app.read_to_end(&mut rest).await.unwrap();
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut got = Vec::with_capacity(TOTAL);
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), TOTAL);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == pattern(i)), "bytes arrive intact and in order");
+        drop(server);
+        writer.await.unwrap();
+        assert_eq!(proxy.await.unwrap().unwrap(), TOTAL as u64);
     }
 
     #[tokio::test]
