@@ -96,6 +96,11 @@ struct RunArgs {
     /// One log line per connection.
     #[arg(long, env = "LOOPMESH_SIDECAR_ACCESS_LOG")]
     access_log: bool,
+    /// Threads that carry connections (0: one per CPU the task may use). A
+    /// connection stays on one thread; 1 runs everything on a single thread,
+    /// the cheapest for a task with one vCPU or less.
+    #[arg(long, env = "LOOPMESH_SIDECAR_WORKERS", default_value_t = 0)]
+    workers: usize,
     /// For a control-plane server; loopmesh has none.
     #[arg(long, hide = true)]
     cp_address: Option<String>,
@@ -107,8 +112,7 @@ fn key_value(v: &str) -> Result<(String, String), String> {
     v.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{v:?} is not KEY=VALUE"))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -121,7 +125,16 @@ async fn main() -> ExitCode {
         Command::Run(args) => *args,
         Command::Ready { admin_address } => return ready(admin_address),
     };
-    match run(args).await {
+    let runtime = match args.workers {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let outcome = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => Err(format!("cannot start the async runtime: {e}")),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "loopmesh-sidecar cannot start");
