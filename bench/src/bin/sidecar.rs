@@ -33,6 +33,7 @@ fn rss_kib(child: &Child) -> u64 {
     status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
+/// Echoes until the client closes.
 async fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
@@ -48,9 +49,32 @@ async fn echo_server() -> SocketAddr {
     a
 }
 
+/// Echoes one byte and closes first, as an HTTP/1.0 server does. The
+/// TIME_WAIT sockets then stay on the accepting sides, so the kernel's
+/// search for a free ephemeral port (which grows with them, and swings
+/// with the order the targets run in) does not decide the connection rate.
+async fn echo_once_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    let _ = s.write_all(&b).await;
+                }
+            });
+        }
+    });
+    a
+}
+
+/// `maxconn 4000`: with splice haproxy also reserves descriptors for its
+/// pipes, and refuses to start when that passes the open-file hard limit
+/// (20,000 on the machine these figures come from).
 fn haproxy(listen: SocketAddr, backend: SocketAddr, splice: bool) -> ChildGuard {
     let cfg = format!(
-        "global\n  maxconn 8000\n{}\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n{}\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s {backend}\n",
+        "global\n  maxconn 4000\n{}\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n{}\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s {backend}\n",
         if splice { "" } else { "  nosplice" },
         if splice { "  option splice-auto" } else { "" },
     );
@@ -104,7 +128,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn connections_per_second(target: SocketAddr) -> (f64, u64) {
+/// Connections completed and failed in `secs` by 32 workers that each
+/// connect, send a byte, read it back and the server's close.
+async fn connections(target: SocketAddr, secs: f64) -> (u64, u64) {
     let (done, errors, stop) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let workers: Vec<_> = (0..32)
@@ -115,9 +141,8 @@ async fn connections_per_second(target: SocketAddr) -> (f64, u64) {
                     let ok = async {
                         let mut s = TcpStream::connect(target).await.ok()?;
                         s.write_all(b"x").await.ok()?;
-                        let mut b = [0u8; 1];
-                        s.read_exact(&mut b).await.ok()?;
-                        Some(())
+                        let mut b = [0u8; 2];
+                        (s.read(&mut b).await.ok()? == 1 && s.read(&mut b).await.ok()? == 0).then_some(())
                     }
                     .await;
                     let counter = if ok.is_some() { &done } else { &errors };
@@ -126,12 +151,30 @@ async fn connections_per_second(target: SocketAddr) -> (f64, u64) {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
-    (done.load(Ordering::Relaxed) as f64 / 3.0, errors.load(Ordering::Relaxed))
+    (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed))
+}
+
+/// Connections per second and errors of each target, measured in rounds of
+/// one second per target with the order rotated each round, so the
+/// machine's drift and the TIME_WAIT sockets a run leaves behind do not
+/// favour whichever target goes first.
+async fn connection_rates(targets: [SocketAddr; 3]) -> [(f64, u64); 3] {
+    const ROUNDS: usize = 6;
+    let mut totals = [(0u64, 0u64); 3];
+    for round in 0..ROUNDS {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let (done, errors) = connections(targets[i], 1.0).await;
+            totals[i].0 += done;
+            totals[i].1 += errors;
+        }
+    }
+    totals.map(|(done, errors)| (done as f64 / ROUNDS as f64, errors))
 }
 
 async fn round_trips(target: SocketAddr) -> (f64, f64) {
@@ -153,27 +196,34 @@ async fn round_trips(target: SocketAddr) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
+    // Sections to run (default: all), e.g. `-- throughput connections`.
+    let picked: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+
     let sidecar_bin = workspace_binary("loopmesh-sidecar");
     let echo = echo_server().await;
+    let (once_d, once_h, once_l) = (echo_once_server().await, echo_once_server().await, echo_once_server().await);
     let iperf_port = free_port();
     let _iperf_server = spawn(Command::new("iperf3").args(["-s", "-p", &iperf_port.to_string()]));
     let iperf_at = SocketAddr::from(([127, 0, 0, 1], iperf_port));
-    let (ha_echo, ha_iperf, has_echo, has_iperf) = (
+    let (ha_echo, ha_iperf, ha_once, has_iperf) = (
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
     );
-    let _ha = (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false));
-    let _has = (haproxy(has_echo, echo, true), haproxy(has_iperf, iperf_at, true));
+    let _ha = (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false), haproxy(ha_once, once_h, false));
+    let _has = haproxy(has_iperf, iperf_at, true);
 
-    // The sidecar: two VIPs (echo, iperf3) plus 10,000 idle ones.
+    // The sidecar: three VIPs (echo, iperf3, echo-once), later 10,000 idle ones.
     let dir = std::env::temp_dir().join(format!("loopmesh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let view_file = dir.join("view.json");
     let (lm_echo, lm_iperf) = (SocketAddr::from((vip(0), 8080)), SocketAddr::from((vip(1), 8080)));
+    let lm_once = SocketAddr::from(([127, 21, 0, 1], 8080));
     let mut outbounds = vec![(vip(0), 8080, echo), (vip(1), 8080, iperf_at)];
-    write_view(&view_file, &view(&outbounds));
+    let once = [(Ipv4Addr::new(127, 21, 0, 1), 8080, once_l)];
+    write_view(&view_file, &view(&[outbounds.as_slice(), &once].concat()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let sidecar = spawn(
         Command::new(&sidecar_bin)
@@ -186,46 +236,52 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    println!("throughput through one VIP (iperf3, {IPERF_SECONDS} s, median of 3), Gbit/s");
-    let mut rows = Vec::new();
-    for streams in ["1", "8"] {
-        let measure = |t: SocketAddr| median((0..3).map(|_| iperf(t, streams)).collect());
-        let (d, h, hs, l) = (measure(iperf_at), measure(ha_iperf), measure(has_iperf), measure(lm_iperf));
-        rows.push((streams, d, h, hs, l));
+    if wants("throughput") {
+        println!("throughput through one VIP (iperf3, {IPERF_SECONDS} s, median of 3), Gbit/s");
+        let mut rows = Vec::new();
+        for streams in ["1", "8"] {
+            let measure = |t: SocketAddr| median((0..3).map(|_| iperf(t, streams)).collect());
+            let (d, h, hs, l) = (measure(iperf_at), measure(ha_iperf), measure(has_iperf), measure(lm_iperf));
+            rows.push((streams, d, h, hs, l));
+        }
+        println!(
+            "{:<8} {:>8} {:>8} {:>12} {:>9} {:>10} {:>14}",
+            "streams", "direct", "haproxy", "haproxy+spl", "loopmesh", "vs direct", "vs haproxy+spl"
+        );
+        for (s, d, h, hs, l) in &rows {
+            println!("{s:<8} {d:>8.1} {h:>8.1} {hs:>12.1} {l:>9.1} {:>9.2}x {:>13.2}x", l / d, l / hs);
+        }
     }
-    println!(
-        "{:<8} {:>8} {:>8} {:>12} {:>9} {:>10} {:>14}",
-        "streams", "direct", "haproxy", "haproxy+spl", "loopmesh", "vs direct", "vs haproxy+spl"
-    );
-    for (s, d, h, hs, l) in &rows {
-        println!("{s:<8} {d:>8.1} {h:>8.1} {hs:>12.1} {l:>9.1} {:>9.2}x {:>13.2}x", l / d, l / hs);
+    if wants("connections") {
+        println!(
+            "\nnew connections per second (32 workers, connect + 1-byte echo; 6 rounds of 1 s per target, order rotated)"
+        );
+        let [(d, de), (h, he), (l, le)] = connection_rates([once_d, ha_once, lm_once]).await;
+        println!(
+            "direct {d:.0} ({de} errors), haproxy {h:.0} ({he} errors), loopmesh {l:.0} ({le} errors): {:.2}x direct, {:.2}x haproxy",
+            l / d,
+            l / h
+        );
     }
-
-    println!("\nnew connections per second (32 workers, connect + 1-byte echo, 3 s)");
-    let (d, de) = connections_per_second(echo).await;
-    let (h, he) = connections_per_second(ha_echo).await;
-    let (l, le) = connections_per_second(lm_echo).await;
-    println!(
-        "direct {d:.0} ({de} errors), haproxy {h:.0} ({he} errors), loopmesh {l:.0} ({le} errors): {:.2}x direct, {:.2}x haproxy",
-        l / d,
-        l / h
-    );
-
-    println!("\nheld-connection round trip, 1 byte, TCP_NODELAY, 20,000 samples (us)");
-    let (dp50, dp99) = round_trips(echo).await;
-    let (hp50, hp99) = round_trips(ha_echo).await;
-    let (lp50, lp99) = round_trips(lm_echo).await;
-    println!(
-        "direct p50 {dp50:.1} p99 {dp99:.1}; haproxy p50 {hp50:.1} p99 {hp99:.1}; loopmesh p50 {lp50:.1} p99 {lp99:.1}"
-    );
-    println!(
-        "added by loopmesh: p50 +{:.1} us, p99 +{:.1} us (haproxy: +{:.1}, +{:.1})",
-        lp50 - dp50,
-        lp99 - dp99,
-        hp50 - dp50,
-        hp99 - dp99
-    );
-
+    if wants("latency") {
+        println!("\nheld-connection round trip, 1 byte, TCP_NODELAY, 20,000 samples (us)");
+        let (dp50, dp99) = round_trips(echo).await;
+        let (hp50, hp99) = round_trips(ha_echo).await;
+        let (lp50, lp99) = round_trips(lm_echo).await;
+        println!(
+            "direct p50 {dp50:.1} p99 {dp99:.1}; haproxy p50 {hp50:.1} p99 {hp99:.1}; loopmesh p50 {lp50:.1} p99 {lp99:.1}"
+        );
+        println!(
+            "added by loopmesh: p50 +{:.1} us, p99 +{:.1} us (haproxy: +{:.1}, +{:.1})",
+            lp50 - dp50,
+            lp99 - dp99,
+            hp50 - dp50,
+            hp99 - dp99
+        );
+    }
+    if !(wants("memory") || wants("reconfiguration")) {
+        return;
+    }
     let rss_before = rss_kib(&sidecar.0);
     outbounds.extend((2..10_002).map(|i| (vip(i), 8080, echo)));
     write_view(&view_file, &view(&outbounds));
