@@ -96,9 +96,9 @@ struct RunArgs {
     /// One log line per connection.
     #[arg(long, env = "LOOPMESH_SIDECAR_ACCESS_LOG")]
     access_log: bool,
-    /// Threads that carry connections (0: one per CPU the task may use). A
-    /// connection stays on one thread; 1 runs everything on a single thread,
-    /// the cheapest for a task with one vCPU or less.
+    /// Threads that carry connections (0: one per CPU the task may use, its
+    /// CPU limit included). 1 runs everything on one thread, the cheapest
+    /// for a task with one vCPU or less.
     #[arg(long, env = "LOOPMESH_SIDECAR_WORKERS", default_value_t = 0)]
     workers: usize,
     /// For a control-plane server; loopmesh has none.
@@ -121,13 +121,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = match Cli::parse().command {
+    let mut args = match Cli::parse().command {
         Command::Run(args) => *args,
         Command::Ready { admin_address } => return ready(admin_address),
     };
-    let runtime = match args.workers {
+    // `available_parallelism` counts the task's CPU limit (cgroup quota),
+    // not the host's cores.
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    };
+    args.workers = workers;
+    let runtime = match workers {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     };
     let outcome = match runtime {
@@ -242,7 +248,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             tokio::spawn(async {})
         }
     };
-    tracing::info!(admin = %args.admin_address, "sidecar started");
+    tracing::info!(admin = %args.admin_address, workers = args.workers, "sidecar started");
 
     shutdown_signal().await;
     let open = listeners.open_connections();

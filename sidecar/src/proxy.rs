@@ -102,7 +102,9 @@ pub async fn serve(listener: TcpListener, route: Arc<Route>, settings: ProxySett
         route.stats.total.fetch_add(1, Ordering::Relaxed);
         let route = route.clone();
         tracker.spawn(async move {
+            // Biased: no random branch order on every wake-up of a connection.
             tokio::select! {
+                biased;
                 () = connection(client, &route, settings) => {}
                 () = route.kill.cancelled() => {}
             }
@@ -176,6 +178,7 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
         }
     };
     let outcome = tokio::select! {
+        biased;
         r = carry(&client, &upstream, &flow) => r.err().map(|e| e.to_string()),
         () = idle => {
             stats.idle_closed.fetch_add(1, Ordering::Relaxed);

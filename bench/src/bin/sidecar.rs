@@ -123,6 +123,39 @@ fn iperf(target: SocketAddr, streams: &str) -> f64 {
     v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
 }
 
+/// Busy and total jiffies of the whole machine so far (all CPUs).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let total: u64 = cpu.iter().sum();
+    // idle and iowait are the 4th and 5th.
+    (total - cpu[3] - cpu[4], total)
+}
+
+/// One target's throughput and what it cost.
+struct Throughput {
+    gbps: f64,
+    /// Share of the machine's CPU time busy while it ran.
+    busy: f64,
+    /// CPU time of the proxy process per GB carried, in milliseconds.
+    proxy_ms_per_gb: Option<f64>,
+}
+
+/// Median of 3 iperf3 runs through `target`, with the CPU they used.
+fn throughput(target: SocketAddr, streams: &str, proxy: Option<u32>) -> Throughput {
+    let (busy0, total0) = machine_ticks();
+    let ticks0 = proxy.map_or(0, cpu_ticks);
+    let runs: Vec<f64> = (0..3).map(|_| iperf(target, streams)).collect();
+    let (busy1, total1) = machine_ticks();
+    let ticks = proxy.map_or(0, cpu_ticks) - ticks0;
+    let gigabytes: f64 = runs.iter().map(|gbps| gbps * IPERF_SECONDS.parse::<f64>().unwrap() / 8.0).sum();
+    Throughput {
+        gbps: median(runs),
+        busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
+        proxy_ms_per_gb: proxy.map(|_| ticks as f64 * 10.0 / gigabytes.max(f64::MIN_POSITIVE)),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -159,22 +192,49 @@ async fn connections(target: SocketAddr, secs: f64) -> (u64, u64) {
     (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed))
 }
 
-/// Connections per second and errors of each target, measured in rounds of
-/// one second per target with the order rotated each round, so the
-/// machine's drift and the TIME_WAIT sockets a run leaves behind do not
-/// favour whichever target goes first.
-async fn connection_rates(targets: [SocketAddr; 3]) -> [(f64, u64); 3] {
+/// CPU time a process has used so far, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which may hold spaces: utime is the
+    // 12th and stime the 13th of them.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// One target's connection figures.
+struct Rate {
+    per_second: f64,
+    errors: u64,
+    /// The proxy process's CPU time per connection, in microseconds.
+    cpu_us: Option<f64>,
+}
+
+/// Connections per second and errors of each target (and the CPU its proxy
+/// process spent per connection), measured in rounds of one second per
+/// target with the order rotated each round, so the machine's drift does
+/// not favour whichever target goes first.
+async fn connection_rates(targets: [(SocketAddr, Option<u32>); 3]) -> [Rate; 3] {
     const ROUNDS: usize = 6;
-    let mut totals = [(0u64, 0u64); 3];
+    let mut totals = [(0u64, 0u64, 0u64); 3];
     for round in 0..ROUNDS {
         for k in 0..3 {
             let i = (round + k) % 3;
-            let (done, errors) = connections(targets[i], 1.0).await;
+            let (target, pid) = targets[i];
+            let before = pid.map_or(0, cpu_ticks);
+            let (done, errors) = connections(target, 1.0).await;
             totals[i].0 += done;
             totals[i].1 += errors;
+            totals[i].2 += pid.map_or(0, cpu_ticks) - before;
         }
     }
-    totals.map(|(done, errors)| (done as f64 / ROUNDS as f64, errors))
+    std::array::from_fn(|i| {
+        let (done, errors, ticks) = totals[i];
+        Rate {
+            per_second: done as f64 / ROUNDS as f64,
+            errors,
+            cpu_us: targets[i].1.map(|_| ticks as f64 * 10_000.0 / done.max(1) as f64),
+        }
+    })
 }
 
 async fn round_trips(target: SocketAddr) -> (f64, f64) {
@@ -212,8 +272,8 @@ async fn main() {
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
     );
-    let _ha = (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false), haproxy(ha_once, once_h, false));
-    let _has = haproxy(has_iperf, iperf_at, true);
+    let ha = (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false), haproxy(ha_once, once_h, false));
+    let has = haproxy(has_iperf, iperf_at, true);
 
     // The sidecar: three VIPs (echo, iperf3, echo-once), later 10,000 idle ones.
     let dir = std::env::temp_dir().join(format!("loopmesh-bench-{}", std::process::id()));
@@ -238,10 +298,11 @@ async fn main() {
 
     if wants("throughput") {
         println!("throughput through one VIP (iperf3, {IPERF_SECONDS} s, median of 3), Gbit/s");
+        let proxies = [None, Some(ha.1.0.id()), Some(has.0.id()), Some(sidecar.0.id())];
         let mut rows = Vec::new();
         for streams in ["1", "8"] {
-            let measure = |t: SocketAddr| median((0..3).map(|_| iperf(t, streams)).collect());
-            let (d, h, hs, l) = (measure(iperf_at), measure(ha_iperf), measure(has_iperf), measure(lm_iperf));
+            let targets = [iperf_at, ha_iperf, has_iperf, lm_iperf];
+            let [d, h, hs, l] = std::array::from_fn(|i| throughput(targets[i], streams, proxies[i]));
             rows.push((streams, d, h, hs, l));
         }
         println!(
@@ -249,19 +310,50 @@ async fn main() {
             "streams", "direct", "haproxy", "haproxy+spl", "loopmesh", "vs direct", "vs haproxy+spl"
         );
         for (s, d, h, hs, l) in &rows {
-            println!("{s:<8} {d:>8.1} {h:>8.1} {hs:>12.1} {l:>9.1} {:>9.2}x {:>13.2}x", l / d, l / hs);
+            println!(
+                "{s:<8} {:>8.1} {:>8.1} {:>12.1} {:>9.1} {:>9.2}x {:>13.2}x",
+                d.gbps,
+                h.gbps,
+                hs.gbps,
+                l.gbps,
+                l.gbps / d.gbps,
+                l.gbps / hs.gbps
+            );
+        }
+        println!("what it cost: machine CPU busy (2 cores = 100 %), and the proxy's own CPU per GB carried");
+        for (s, d, h, hs, l) in &rows {
+            let ms = |t: &Throughput| t.proxy_ms_per_gb.unwrap_or(0.0);
+            println!(
+                "{s:<8} busy: direct {:.0} %, haproxy {:.0} %, haproxy+spl {:.0} %, loopmesh {:.0} %; proxy CPU per GB: haproxy {:.0} ms, haproxy+spl {:.0} ms, loopmesh {:.0} ms",
+                d.busy * 100.0,
+                h.busy * 100.0,
+                hs.busy * 100.0,
+                l.busy * 100.0,
+                ms(h),
+                ms(hs),
+                ms(l)
+            );
         }
     }
     if wants("connections") {
         println!(
             "\nnew connections per second (32 workers, connect + 1-byte echo; 6 rounds of 1 s per target, order rotated)"
         );
-        let [(d, de), (h, he), (l, le)] = connection_rates([once_d, ha_once, lm_once]).await;
+        let [d, h, l] =
+            connection_rates([(once_d, None), (ha_once, Some(ha.2.0.id())), (lm_once, Some(sidecar.0.id()))]).await;
         println!(
-            "direct {d:.0} ({de} errors), haproxy {h:.0} ({he} errors), loopmesh {l:.0} ({le} errors): {:.2}x direct, {:.2}x haproxy",
-            l / d,
-            l / h
+            "direct {:.0} ({} errors), haproxy {:.0} ({} errors), loopmesh {:.0} ({} errors): {:.2}x direct, {:.2}x haproxy",
+            d.per_second,
+            d.errors,
+            h.per_second,
+            h.errors,
+            l.per_second,
+            l.errors,
+            l.per_second / d.per_second,
+            l.per_second / h.per_second
         );
+        let (hc, lc) = (h.cpu_us.unwrap_or(0.0), l.cpu_us.unwrap_or(0.0));
+        println!("proxy CPU per connection: haproxy {hc:.1} us, loopmesh {lc:.1} us ({:.2}x haproxy)", lc / hc);
     }
     if wants("latency") {
         println!("\nheld-connection round trip, 1 byte, TCP_NODELAY, 20,000 samples (us)");
