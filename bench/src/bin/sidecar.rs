@@ -405,18 +405,24 @@ async fn main() {
     );
     drop(idle);
 
-    // Reconfiguration: 1,000 more VIPs; time from the view's write until all accept.
+    // Reconfiguration: 1,000 more VIPs; time from the view's write until all
+    // accept. A view is applied in address order, so the highest new VIP is
+    // the last to listen: the time is taken when it accepts, and then every
+    // one of the 1,000 is checked (connecting to each in turn would time
+    // this benchmark's own 1,000 handshakes instead).
     outbounds.extend((10_002..11_002).map(|i| (vip(i), 8080, echo)));
     let t = Instant::now();
     write_view(&view_file, &view(&outbounds));
-    for i in 10_002..11_002 {
-        while TcpStream::connect((vip(i), 8080)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    while TcpStream::connect((vip(11_001), 8080)).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let added = t.elapsed();
+    let mut refused = 0;
+    for i in 10_002..11_002 {
+        refused += usize::from(TcpStream::connect((vip(i), 8080)).await.is_err());
+    }
     println!(
-        "\nreconfiguration: 1,000 VIPs added to 10,002 all accepting {:.0} ms after the view file was written (refresh interval 20 ms, file read and parse included)",
+        "\nreconfiguration: 1,000 VIPs added to 10,002 all accepting {:.0} ms after the view file was written (refresh interval 20 ms, file read and parse included); {refused} of them refused afterwards",
         added.as_secs_f64() * 1e3
     );
     // 1,000 removed while an iperf3 runs through an untouched VIP.
