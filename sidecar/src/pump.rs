@@ -339,15 +339,33 @@ mod tests {
         (a, b)
     }
 
+    /// `carry` between the two sockets on a task of its own; yields the
+    /// bytes it counted each way.
+    fn proxy(client: TcpStream, upstream: TcpStream) -> tokio::task::JoinHandle<io::Result<(u64, u64)>> {
+        tokio::spawn(async move {
+            let (sent, received, activity) = (AtomicU64::new(0), AtomicU64::new(0), Activity::new());
+            let flow = Flow { sent: &sent, received: &received, activity: &activity };
+            carry(&client, &upstream, &flow).await?;
+            Ok((sent.into_inner(), received.into_inner()))
+        })
+    }
+
+    /// Bytes whose value follows their position, so a lost, doubled or
+    /// reordered piece shows.
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn assert_patterned(got: &[u8], len: usize) {
+        assert_eq!(got.len(), len);
+        assert!(got == patterned(len), "bytes arrive intact and in order");
+    }
+
     #[tokio::test]
     async fn carries_both_ways_counts_bytes_and_half_closes() {
         let (mut app, client) = pair().await;
         let (upstream, mut server) = pair().await;
-        let (sent, received, activity) = (AtomicU64::new(0), AtomicU64::new(0), Activity::new());
-        let proxy = tokio::spawn(async move {
-            let flow = Flow { sent: &sent, received: &received, activity: &activity };
-            carry(&client, &upstream, &flow).await.map(|()| (sent.into_inner(), received.into_inner()))
-        });
+        let proxy = proxy(client, upstream);
         let big = vec![7u8; 3 << 20];
         let writer = tokio::spawn(async move {
             app.write_all(&big).await.unwrap();
@@ -366,22 +384,17 @@ mod tests {
     }
 
     /// Small writes start in the copying mode; a receiver that does not
-    /// read at first fills the buffers, so a write is taken only in part and
-    /// the rest moves to the splicing mode. Every byte arrives, in order.
+    /// read at first fills the buffers, until a read fills the copy buffer
+    /// or a write is taken only in part and the flow moves to splicing.
+    /// Every byte arrives, in order.
     #[tokio::test]
     async fn a_slow_receiver_moves_small_writes_to_splice_without_losing_a_byte() {
         let (mut app, client) = pair().await;
         let (upstream, mut server) = pair().await;
-        let (sent, received, activity) = (AtomicU64::new(0), AtomicU64::new(0), Activity::new());
-        let proxy = tokio::spawn(async move {
-            let flow = Flow { sent: &sent, received: &received, activity: &activity };
-            carry(&client, &upstream, &flow).await.map(|()| sent.into_inner())
-        });
+        let proxy = proxy(client, upstream);
         const TOTAL: usize = 8 << 20;
-        let pattern = |i: usize| (i % 251) as u8;
         let writer = tokio::spawn(async move {
-            let chunk: Vec<u8> = (0..TOTAL).map(pattern).collect();
-            for piece in chunk.chunks(100) {
+            for piece in patterned(TOTAL).chunks(100) {
                 app.write_all(piece).await.unwrap();
             }
             app.shutdown().await.unwrap();
@@ -391,11 +404,10 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let mut got = Vec::with_capacity(TOTAL);
         server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got.len(), TOTAL);
-        assert!(got.iter().enumerate().all(|(i, b)| *b == pattern(i)), "bytes arrive intact and in order");
+        assert_patterned(&got, TOTAL);
         drop(server);
         writer.await.unwrap();
-        assert_eq!(proxy.await.unwrap().unwrap(), TOTAL as u64);
+        assert_eq!(proxy.await.unwrap().unwrap().0, TOTAL as u64);
     }
 
     /// Segments of network size (MSS 1,000 rather than loopback's 64 KiB)
@@ -413,16 +425,10 @@ mod tests {
         let mut app = TcpStream::from_std(socket.into()).unwrap();
         let (client, _) = listener.accept().await.unwrap();
         let (upstream, mut server) = pair().await;
-        let (sent, received, activity) = (AtomicU64::new(0), AtomicU64::new(0), Activity::new());
-        let proxy = tokio::spawn(async move {
-            let flow = Flow { sent: &sent, received: &received, activity: &activity };
-            carry(&client, &upstream, &flow).await.map(|()| sent.into_inner())
-        });
+        let proxy = proxy(client, upstream);
         const TOTAL: usize = 32 << 20;
-        let pattern = |i: usize| (i % 253) as u8;
         let writer = tokio::spawn(async move {
-            let data: Vec<u8> = (0..TOTAL).map(pattern).collect();
-            app.write_all(&data).await.unwrap();
+            app.write_all(&patterned(TOTAL)).await.unwrap();
             app.shutdown().await.unwrap();
             let mut rest = Vec::new();
             app.read_to_end(&mut rest).await.unwrap();
@@ -431,24 +437,17 @@ mod tests {
         let mut got = Vec::with_capacity(TOTAL);
         let read = tokio::time::timeout(std::time::Duration::from_secs(30), server.read_to_end(&mut got)).await;
         assert!(read.is_ok(), "the flow stalled after {} of {TOTAL} bytes", got.len());
-        assert_eq!(got.len(), TOTAL);
-        assert!(got.iter().enumerate().all(|(i, b)| *b == pattern(i)), "bytes arrive intact and in order");
+        assert_patterned(&got, TOTAL);
         drop(server);
         writer.await.unwrap();
-        assert_eq!(proxy.await.unwrap().unwrap(), TOTAL as u64);
+        assert_eq!(proxy.await.unwrap().unwrap().0, TOTAL as u64);
     }
 
     #[tokio::test]
     async fn a_reset_ends_both_sides() {
         let (app, client) = pair().await;
         let (upstream, mut server) = pair().await;
-        let (sent, received, activity) = (AtomicU64::new(0), AtomicU64::new(0), Activity::new());
-        let proxy = tokio::spawn(async move {
-            let flow = Flow { sent: &sent, received: &received, activity: &activity };
-            let r = carry(&client, &upstream, &flow).await;
-            drop((client, upstream));
-            r
-        });
+        let proxy = proxy(client, upstream);
         socket2::SockRef::from(&app).set_linger(Some(std::time::Duration::ZERO)).unwrap();
         drop(app); // RST
         let mut rest = Vec::new();
