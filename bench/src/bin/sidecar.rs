@@ -104,23 +104,17 @@ fn write_view(path: &std::path::Path, text: &str) {
     std::fs::rename(tmp, path).unwrap();
 }
 
-fn iperf(target: SocketAddr, streams: &str) -> f64 {
+/// One iperf3 run: whether it ended without an error, and its Gbit/s.
+fn iperf(target: SocketAddr, streams: &str, seconds: &str) -> (bool, f64) {
     let out = Command::new("iperf3")
-        .args([
-            "-c",
-            &target.ip().to_string(),
-            "-p",
-            &target.port().to_string(),
-            "-t",
-            IPERF_SECONDS,
-            "-P",
-            streams,
-            "-J",
-        ])
+        .args(["-c", &target.ip().to_string(), "-p", &target.port().to_string(), "-t", seconds, "-P", streams, "-J"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+    (
+        out.status.success() && v.get("error").is_none(),
+        v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+    )
 }
 
 /// Busy and total jiffies of the whole machine so far (all CPUs).
@@ -145,7 +139,7 @@ struct Throughput {
 fn throughput(target: SocketAddr, streams: &str, proxy: Option<u32>) -> Throughput {
     let (busy0, total0) = machine_ticks();
     let ticks0 = proxy.map_or(0, cpu_ticks);
-    let runs: Vec<f64> = (0..3).map(|_| iperf(target, streams)).collect();
+    let runs: Vec<f64> = (0..3).map(|_| iperf(target, streams, IPERF_SECONDS).1).collect();
     let (busy1, total1) = machine_ticks();
     let ticks = proxy.map_or(0, cpu_ticks) - ticks0;
     let gigabytes: f64 = runs.iter().map(|gbps| gbps * IPERF_SECONDS.parse::<f64>().unwrap() / 8.0).sum();
@@ -272,8 +266,9 @@ async fn main() {
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
     );
-    let ha = (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false), haproxy(ha_once, once_h, false));
-    let has = haproxy(has_iperf, iperf_at, true);
+    let (_ha_echo_proc, ha_iperf_proc, ha_once_proc) =
+        (haproxy(ha_echo, echo, false), haproxy(ha_iperf, iperf_at, false), haproxy(ha_once, once_h, false));
+    let has_iperf_proc = haproxy(has_iperf, iperf_at, true);
 
     // The sidecar: three VIPs (echo, iperf3, echo-once), later 10,000 idle ones.
     let dir = std::env::temp_dir().join(format!("loopmesh-bench-{}", std::process::id()));
@@ -298,7 +293,7 @@ async fn main() {
 
     if wants("throughput") {
         println!("throughput through one VIP (iperf3, {IPERF_SECONDS} s, median of 3), Gbit/s");
-        let proxies = [None, Some(ha.1.0.id()), Some(has.0.id()), Some(sidecar.0.id())];
+        let proxies = [None, Some(ha_iperf_proc.0.id()), Some(has_iperf_proc.0.id()), Some(sidecar.0.id())];
         let mut rows = Vec::new();
         for streams in ["1", "8"] {
             let targets = [iperf_at, ha_iperf, has_iperf, lm_iperf];
@@ -340,7 +335,8 @@ async fn main() {
             "\nnew connections per second (32 workers, connect + 1-byte echo; 6 rounds of 1 s per target, order rotated)"
         );
         let [d, h, l] =
-            connection_rates([(once_d, None), (ha_once, Some(ha.2.0.id())), (lm_once, Some(sidecar.0.id()))]).await;
+            connection_rates([(once_d, None), (ha_once, Some(ha_once_proc.0.id())), (lm_once, Some(sidecar.0.id()))])
+                .await;
         println!(
             "direct {:.0} ({} errors), haproxy {:.0} ({} errors), loopmesh {:.0} ({} errors): {:.2}x direct, {:.2}x haproxy",
             d.per_second,
@@ -426,17 +422,7 @@ async fn main() {
         added.as_secs_f64() * 1e3
     );
     // 1,000 removed while an iperf3 runs through an untouched VIP.
-    let run = std::thread::spawn(move || {
-        let out = Command::new("iperf3")
-            .args(["-c", &lm_iperf.ip().to_string(), "-p", &lm_iperf.port().to_string(), "-t", "3", "-J"])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (
-            out.status.success() && v.get("error").is_none(),
-            v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
-        )
-    });
+    let run = std::thread::spawn(move || iperf(lm_iperf, "1", "3"));
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     outbounds.truncate(10_002);
     write_view(&view_file, &view(&outbounds));
