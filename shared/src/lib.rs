@@ -15,6 +15,7 @@
 //! - [`dns`]: desired records, the planner, batching, the Route53 rate limiter
 //!   and one dns-sync run over ports for Route53 and the table.
 //! - [`resources`]: applied resources: where each lives and the service it declares.
+//! - [`retry`]: the bounded, jittered retry policies every repeated call uses.
 //! - [`store`]: the table: definition, key layout, DynamoDB adapters.
 //! - [`aws`]: ECS and IAM adapters, SDK configuration and error mapping.
 //! - [`view`]: the mesh view a sidecar serves, built from service and endpoint rows.
@@ -30,6 +31,7 @@ pub mod identity;
 pub mod model;
 pub mod registration;
 pub mod resources;
+pub mod retry;
 pub mod store;
 pub mod template;
 pub mod view;

@@ -21,6 +21,11 @@ use crate::proxy::Route;
 use crate::source::ViewStatus;
 use crate::view::View;
 
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one admin connection may live, slow readers included.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listeners: Arc<Listeners>,
@@ -40,6 +45,21 @@ impl Admin {
     /// are bound before the admin starts), and not while draining.
     pub fn ready(&self) -> bool {
         self.listeners.applied.load(Ordering::Relaxed) && !self.listeners.draining.load(Ordering::Relaxed)
+    }
+
+    /// The body of a 200 `/ready`: ready, and whether the view is current.
+    /// A view that cannot be refreshed keeps serving (invariant 8), so it
+    /// does not fail the health check, which would make ECS replace a task
+    /// that carries traffic fine; it is said here and in `/metrics`.
+    fn readiness(&self) -> String {
+        match self.status.failing.load(Ordering::Relaxed) {
+            0 => "ready\n".to_owned(),
+            n => format!(
+                "ready; view stale: {n} refreshes failed in a row ({} timed out in all), last current {:.1} s ago\n",
+                self.status.refresh_timeouts.load(Ordering::Relaxed),
+                self.status.age().unwrap_or(-1.0)
+            ),
+        }
     }
 
     pub fn config(&self) -> String {
@@ -114,6 +134,18 @@ impl Admin {
                 s.refresh_errors.load(Ordering::Relaxed).to_string(),
             ),
             (
+                "loopmesh_view_refresh_timeouts_total",
+                "counter",
+                "view refreshes that got no answer within the fetch timeout",
+                s.refresh_timeouts.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_refresh_failing",
+                "gauge",
+                "consecutive failed view refreshes (0 while the view is current)",
+                s.failing.load(Ordering::Relaxed).to_string(),
+            ),
+            (
                 "loopmesh_view_rejected_total",
                 "counter",
                 "views rejected by validation",
@@ -142,7 +174,7 @@ impl Admin {
 
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
-            (&Method::GET, "/ready") if self.ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            (&Method::GET, "/ready") if self.ready() => (StatusCode::OK, "text/plain", self.readiness()),
             (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
             (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
             (&Method::GET, "/config") => (StatusCode::OK, "application/json", self.config()),
@@ -167,13 +199,21 @@ impl Admin {
                 },
             };
             let admin = self.clone();
+            // The admin endpoint is local, but a client that connects and
+            // sends nothing must not hold a descriptor forever: headers must
+            // arrive within HEADER_TIMEOUT, and a connection lives at most
+            // CONNECTION_TIMEOUT.
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let response = admin.answer(&req);
                     async move { Ok::<_, Infallible>(response) }
                 });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
             });
         }
     }

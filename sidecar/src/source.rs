@@ -4,7 +4,13 @@
 //! item) and reads the mesh's services and endpoints only when it moved. From
 //! a file: the file is read again when its size or modification time
 //! changes. Either way a failed read or a view that does not validate keeps
-//! the last good view serving, counts an error, and retries with backoff.
+//! the last good view serving, counts an error, and retries: with backoff for
+//! the table (it spares DynamoDB during an outage), at the normal interval for
+//! a file (a fixed file is picked up on the next tick).
+//!
+//! Every fetch is bounded by [`fetch_timeout`] and raced against `stop`: a
+//! table that accepts connections and never answers costs one timed-out
+//! refresh per tick, ages the view, and never holds up SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +40,10 @@ pub struct ViewStatus {
     /// Milliseconds after `start` of the last successful check; `u64::MAX` before the first.
     last_ok_ms: AtomicU64,
     pub refresh_errors: AtomicU64,
+    /// Refreshes that got no answer within the fetch timeout (also counted in `refresh_errors`).
+    pub refresh_timeouts: AtomicU64,
+    /// Consecutive failed refreshes; 0 while the view is current.
+    pub failing: AtomicU64,
     pub rejected: AtomicU64,
     pub generation: AtomicU64,
 }
@@ -44,6 +54,8 @@ impl Default for ViewStatus {
             start: Instant::now(),
             last_ok_ms: AtomicU64::new(u64::MAX),
             refresh_errors: AtomicU64::new(0),
+            refresh_timeouts: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             generation: AtomicU64::new(0),
         }
@@ -54,6 +66,13 @@ impl ViewStatus {
     fn ok(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.last_ok_ms.store(ms, Ordering::Relaxed);
+        self.failing.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self) -> u32 {
+        self.refresh_errors.fetch_add(1, Ordering::Relaxed);
+        let n = self.failing.fetch_add(1, Ordering::Relaxed) + 1;
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Seconds since the view was last confirmed current; `None` before the first.
@@ -102,6 +121,13 @@ impl Source {
     }
 }
 
+/// How long one refresh may take: a few intervals, and never less than 5 s
+/// (one DynamoDB call answers in milliseconds; a refresh reads at most a
+/// handful of pages).
+pub fn fetch_timeout(interval: Duration) -> Duration {
+    interval.saturating_mul(3).max(Duration::from_secs(5))
+}
+
 /// Keeps `listeners` on the source's latest good view until `stop`.
 pub async fn refresh(
     source: Source,
@@ -111,12 +137,20 @@ pub async fn refresh(
     stop: CancellationToken,
 ) {
     let mut seen: Option<Marker> = None;
-    let mut failures: u32 = 0;
+    let timeout = fetch_timeout(interval);
     loop {
-        match source.fetch(seen.as_ref()).await {
+        let fetched = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            f = tokio::time::timeout(timeout, source.fetch(seen.as_ref())) => f.unwrap_or_else(|_| {
+                status.refresh_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(format!("no answer in {timeout:?}"))
+            }),
+        };
+        let failures = match fetched {
             Ok(Fetched::Unchanged) => {
                 status.ok();
-                failures = 0;
+                0
             }
             Ok(Fetched::New(view, marker)) => {
                 let generation = view.generation;
@@ -127,7 +161,6 @@ pub async fn refresh(
                         status.ok();
                         status.generation.store(generation, Ordering::Relaxed);
                         seen = Some(marker);
-                        failures = 0;
                         tracing::info!(
                             generation,
                             outbounds,
@@ -139,32 +172,33 @@ pub async fn refresh(
                             listening = a.listening,
                             "view applied"
                         );
+                        0
                     }
                     Err(e) => {
                         // Rejected whole; the previous view keeps serving. The
                         // marker is not taken, so a fixed source is read again.
                         status.rejected.fetch_add(1, Ordering::Relaxed);
-                        status.refresh_errors.fetch_add(1, Ordering::Relaxed);
-                        failures += 1;
                         tracing::error!(generation, error = %e, "view rejected; the previous view stays");
+                        status.failed()
                     }
                 }
             }
             Err(e) => {
-                status.refresh_errors.fetch_add(1, Ordering::Relaxed);
-                failures += 1;
+                let failures = status.failed();
                 // One line per failure streak length that is a power of two: a
                 // long outage does not flood the log.
                 if failures.is_power_of_two() {
                     tracing::warn!(error = %e, failures, age_s = status.age().unwrap_or(-1.0), "view refresh failed; serving the last good view");
                 }
+                failures
             }
-        }
-        let wait = if failures == 0 {
-            interval
-        } else {
-            let backoff = interval.saturating_mul(1 << failures.min(8)).min(MAX_BACKOFF);
-            backoff.mul_f64(0.5 + fastrand::f64() / 2.0)
+        };
+        let wait = match (&source, failures) {
+            (_, 0) | (Source::File(_), _) => interval,
+            (Source::Table { .. }, n) => {
+                let backoff = interval.saturating_mul(1 << n.min(8)).min(MAX_BACKOFF);
+                backoff.mul_f64(0.5 + fastrand::f64() / 2.0)
+            }
         };
         tokio::select! {
             () = stop.cancelled() => return,

@@ -1,11 +1,13 @@
 //! Real binaries and real sockets for the end-to-end tests: the workspace's
 //! built binaries, a child process that dies with its guard, a TCP forwarder
-//! that can be cut (the emulator going away), and the sidecar's admin API.
+//! that can be cut or hung (the emulator going away or going silent), and the sidecar's admin API.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -36,11 +38,16 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A TCP forwarder to `upstream`; `cut` closes it and every connection.
+/// A TCP forwarder to `upstream` that can fail the way networks do: `cut`
+/// closes it and every connection (the emulator going away); `hang` keeps
+/// accepting connections but never answers on them (an endpoint that is up
+/// and silent); `heal` forwards again.
 #[derive(Debug)]
 pub struct Forwarder {
     pub url: String,
     tasks: JoinSet<()>,
+    hanging: Arc<AtomicBool>,
+    conns: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl Forwarder {
@@ -53,23 +60,45 @@ impl Forwarder {
             .expect("upstream host:port");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind forwarder");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let hanging = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
         let mut tasks = JoinSet::new();
+        let (h, c) = (hanging.clone(), conns.clone());
         tasks.spawn(async move {
-            let mut conns = JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                let hang = h.load(Ordering::SeqCst);
+                c.lock().expect("forwarder lock").spawn(async move {
+                    if hang {
+                        // Read whatever comes and never answer.
+                        let mut sink = tokio::io::sink();
+                        let _ = tokio::io::copy(&mut inbound, &mut sink).await;
+                        std::future::pending::<()>().await;
+                    } else if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                     }
                 });
             }
         });
-        Self { url, tasks }
+        Self { url, tasks, hanging, conns }
     }
 
     /// The upstream is gone from here on: the listener and its connections close.
     pub fn cut(&mut self) {
         self.tasks.abort_all();
+        self.conns.lock().expect("forwarder lock").abort_all();
+    }
+
+    /// From here on connections are accepted and never answered; open ones
+    /// are closed, so pooled clients reconnect into the silence.
+    pub fn hang(&self) {
+        self.hanging.store(true, Ordering::SeqCst);
+        self.conns.lock().expect("forwarder lock").abort_all();
+    }
+
+    /// Forwards again; the silent connections are closed.
+    pub fn heal(&self) {
+        self.hanging.store(false, Ordering::SeqCst);
+        self.conns.lock().expect("forwarder lock").abort_all();
     }
 }
 

@@ -166,3 +166,91 @@ async fn events_to_names_to_traffic_through_the_sidecar() {
     let age = metric(&admin_get(admin, "/metrics").1, "loopmesh_view_age_seconds").unwrap();
     assert!(age > 0.2, "the view's age is reported: {age}");
 }
+
+/// Sends SIGTERM to a child process.
+fn sigterm(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_hangs_ages_the_view_heals_and_never_blocks_sigterm() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "hang").await;
+    let (_zone, settings) = zone_settings(&table, "hang.mesh.local").await;
+    let mesh = format!("hang{}", fastrand::u32(..));
+    let tags = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", mesh.as_str()), ("kuma.io/service", "redis")];
+    let redis_td = task_definition(Some(&role(&tags).await), "redis", &mesh, true).await;
+    let registrar = registrar(&settings).await;
+    let now = unix_now();
+    let running = |id: &str, last: u8| event("ecs-task-running.json", &redis_td, id, &format!("127.0.0.{last}"), 2);
+    let _redis_1 = task_server(Ipv4Addr::new(127, 0, 0, 51), "redis-1").await;
+    let _redis_2 = task_server(Ipv4Addr::new(127, 0, 0, 52), "redis-2").await;
+    let outcome = registrar.handle(&running("redis1", 51), now).await.unwrap();
+    let loopmesh_shared::registration::Outcome::Registered { services, .. } = outcome else { panic!("{outcome:?}") };
+    let redis_at = SocketAddr::from((services[0].1, settings.vip_port));
+
+    let aws = Forwarder::start(&endpoint()).await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let sidecar = Command::new(workspace_binary("loopmesh-sidecar"))
+        .args(["run", "--bind-outbounds", "--admin-address", &admin.to_string(), "--refresh-interval", "200ms"])
+        .args(["--mesh", &mesh, "--drain-timeout", "1s"])
+        .env("LOOPMESH_TABLE_NAME", &table)
+        .env("AWS_ENDPOINT_URL", &aws.url)
+        .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = sidecar.id();
+    let mut sidecar = ChildGuard(sidecar);
+    eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
+    assert_eq!(ask(redis_at).await, "redis-1");
+
+    // DynamoDB accepts connections and never answers: each refresh times
+    // out and counts, the view ages, traffic keeps flowing.
+    aws.hang();
+    eventually("a timed-out refresh", WAIT, || {
+        metric(&admin_get(admin, "/metrics").1, "loopmesh_view_refresh_timeouts_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let text = admin_get(admin, "/metrics").1;
+    assert!(metric(&text, "loopmesh_view_refresh_failing").unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, "loopmesh_view_age_seconds").unwrap() >= 4.0, "the view ages: {text}");
+    let (status, body) = admin_get(admin, "/ready");
+    assert_eq!(status, 200, "a stale view still serves (invariant 8)");
+    assert!(body.contains("view stale"), "/ready says the view is stale: {body}");
+    assert_eq!(ask(redis_at).await, "redis-1", "the last good view serves");
+
+    // A task starts during the hang; once the table answers again, the
+    // sidecar catches up without a restart.
+    registrar.handle(&running("redis2", 52), now).await.unwrap();
+    aws.heal();
+    let endpoints_metric = format!("loopmesh_outbound_endpoints{{service=\"redis\",listener=\"{redis_at}\"}}");
+    eventually("the endpoint added during the hang", Duration::from_secs(60), || {
+        metric(&admin_get(admin, "/metrics").1, &endpoints_metric) == Some(2.0)
+    })
+    .await;
+    assert_eq!(metric(&admin_get(admin, "/metrics").1, "loopmesh_view_refresh_failing"), Some(0.0));
+
+    // SIGTERM in the middle of a hung refresh: drained and gone within the
+    // drain timeout, not after the table answers (it never does).
+    aws.hang();
+    eventually("a second timed-out refresh", WAIT, || {
+        metric(&admin_get(admin, "/metrics").1, "loopmesh_view_refresh_failing").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    sigterm(pid);
+    let exited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(status) = sidecar.0.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the sidecar exits on SIGTERM while its table hangs");
+    assert!(exited.success(), "{exited:?}");
+}

@@ -172,25 +172,28 @@ pub async fn respond(url: &str, response: &Response) -> Result<(), String> {
         .enable_http1()
         .build();
     let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
-    let mut last = String::new();
-    for attempt in 0..4u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
-        }
+    // A 4xx is final (the URL expired or is wrong); no answer or a 5xx is retried.
+    let attempt = || async {
         // S3 pre-signed URLs are signed without a content type: send none.
         let request = hyper::Request::put(url)
             .header(hyper::header::CONTENT_LENGTH, body.len())
             .body(Full::new(Bytes::from(body.clone())))
-            .map_err(|e| format!("ResponseURL {url:?}: {e}"))?;
+            .map_err(|e| (false, format!("ResponseURL {url:?}: {e}")))?;
         match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
-            Ok(Ok(r)) if r.status().is_success() => return Ok(()),
-            Ok(Ok(r)) if r.status().is_client_error() => return Err(format!("ResponseURL answered {}", r.status())),
-            Ok(Ok(r)) => last = format!("ResponseURL answered {}", r.status()),
-            Ok(Err(e)) => last = format!("ResponseURL: {e}"),
-            Err(_) => last = "ResponseURL: no answer in 10 s".into(),
+            Ok(Ok(r)) if r.status().is_success() => Ok(()),
+            Ok(Ok(r)) if r.status().is_client_error() => Err((false, format!("ResponseURL answered {}", r.status()))),
+            Ok(Ok(r)) => Err((true, format!("ResponseURL answered {}", r.status()))),
+            Ok(Err(e)) => Err((true, format!("ResponseURL: {e}"))),
+            Err(_) => Err((true, "ResponseURL: no answer in 10 s".into())),
         }
-    }
-    Err(last)
+    };
+    use backon::Retryable;
+    attempt
+        .retry(loopmesh_shared::retry::http_answer())
+        .sleep(tokio::time::sleep)
+        .when(|(retry, _)| *retry)
+        .await
+        .map_err(|(_, e)| e)
 }
 
 #[cfg(test)]

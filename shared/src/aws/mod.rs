@@ -5,18 +5,37 @@ pub mod ecs;
 pub mod iam;
 pub mod route53;
 
+use std::time::Duration;
+
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::store::{StoreError, StoreErrorKind};
 
+/// How long one TCP connect to an AWS endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one attempt of a call may take, from sending to the last byte of
+/// the answer: an endpoint that accepts and never answers fails here.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call may take with all its retries.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The SDK configuration from the standard sources (`AWS_REGION`,
-/// `AWS_ENDPOINT_URL*`, credentials chain), with the standard retry mode:
-/// throttling and transient errors are retried with jittered backoff.
+/// `AWS_ENDPOINT_URL*`, credentials chain), with the standard retry mode
+/// (throttling and transient errors retried with jittered backoff, 5
+/// attempts) and timeouts on every call, so no caller ever waits forever on
+/// an endpoint that accepted the connection and went silent.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        )
         .load()
         .await
 }

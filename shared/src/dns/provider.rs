@@ -2,7 +2,6 @@
 //! goes through.
 
 use std::future::Future;
-use std::time::Duration;
 
 use super::rate::RateLimiter;
 use super::{Change, Record};
@@ -49,6 +48,13 @@ pub enum ProviderError {
     Other { message: String, retryable: bool },
 }
 
+impl ProviderError {
+    /// Route53 asked for air: the same call may succeed after a pause.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Throttled(_) | Self::PriorRequestNotComplete(_))
+    }
+}
+
 /// One page of a zone's record sets, and where the next starts.
 pub type Page = (Vec<RecordSet>, Option<(String, String)>);
 
@@ -73,9 +79,6 @@ pub struct CallStats {
     pub throttles: u64,
 }
 
-/// Attempts per call when Route53 says Throttling or PriorRequestNotComplete.
-const ATTEMPTS: u32 = 10;
-
 /// A provider behind the limiter: every call, retries included, waits its
 /// turn; throttling backs off and retries, so nothing is lost.
 #[derive(Debug)]
@@ -94,30 +97,27 @@ impl<'a, P: DnsProvider> Limited<'a, P> {
         *self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// One logical call: every attempt waits its turn at the limiter and is
+    /// counted; Throttling and PriorRequestNotComplete are retried with
+    /// backoff ([`crate::retry::route53_busy`]), anything else is the answer.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ProviderError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        let mut attempt = 0;
-        loop {
+        use backon::Retryable;
+        let attempt = || async {
             self.limiter.acquire().await;
             let result = f().await;
-            let retry = matches!(result, Err(ProviderError::Throttled(_) | ProviderError::PriorRequestNotComplete(_)))
-                && attempt + 1 < ATTEMPTS;
-            {
-                let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                stats.calls += 1;
-                stats.throttles += u64::from(retry);
-            }
-            if !retry {
-                return result;
-            }
-            // Beyond the limiter's spacing: Route53 asked for air.
-            let cap = 100u64 << attempt.min(5);
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(cap / 2..=cap))).await;
-            attempt += 1;
-        }
+            self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).calls += 1;
+            result
+        };
+        attempt
+            .retry(crate::retry::route53_busy())
+            .sleep(tokio::time::sleep)
+            .when(ProviderError::is_busy)
+            .notify(|_, _| self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).throttles += 1)
+            .await
     }
 
     pub async fn get_zone(&self, zone: &HostedZoneId) -> Result<ZoneInfo, ProviderError> {

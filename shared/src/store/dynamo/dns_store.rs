@@ -35,9 +35,7 @@ impl DynamoDnsStore {
 
     async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
         for chunk in requests.chunks(25) {
-            let mut pending = chunk.to_vec();
-            let mut attempt = 0;
-            while !pending.is_empty() {
+            super::until_processed("BatchWriteItem", chunk.to_vec(), |pending| async move {
                 let out = self
                     .client
                     .batch_write_item()
@@ -45,12 +43,9 @@ impl DynamoDnsStore {
                     .send()
                     .await
                     .map_err(|e| sdk_error("BatchWriteItem", &self.table, e))?;
-                pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
-                if !pending.is_empty() {
-                    super::backoff(attempt).await;
-                    attempt += 1;
-                }
-            }
+                Ok(out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default())
+            })
+            .await?;
         }
         Ok(())
     }

@@ -7,8 +7,6 @@ mod resources;
 mod status;
 mod vip_ledger;
 
-use std::time::Duration;
-
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -110,17 +108,15 @@ pub(crate) fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// Exponential backoff with full jitter, for conflicts the SDK does not retry.
-pub(crate) async fn backoff(attempt: u32) {
-    let cap_ms = 10u64.saturating_mul(1 << attempt.min(8)).min(1_000);
-    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=cap_ms))).await;
+/// Why a transaction attempt did not settle: a concurrent writer (retry),
+/// or a final answer.
+enum Attempt {
+    Contended(StoreError),
+    Final(StoreError),
 }
 
-/// Attempts at a transaction that DynamoDB cancels for a concurrent one
-/// touching the same items (`TransactionConflict`).
-const CONFLICT_ATTEMPTS: u32 = 8;
-
-/// Runs a transaction, retrying conflicts. `Ok(None)` when it was applied;
+/// Runs a transaction, retrying conflicts with
+/// [`crate::retry::dynamo_contention`]. `Ok(None)` when it was applied;
 /// `Ok(Some(failed))` when conditions cancelled it, with one flag per item
 /// saying whether that item's condition failed.
 pub(crate) async fn transact(
@@ -129,7 +125,8 @@ pub(crate) async fn transact(
     op: &str,
     items: Vec<TransactWriteItem>,
 ) -> Result<Option<Vec<bool>>, StoreError> {
-    for attempt in 0..CONFLICT_ATTEMPTS {
+    use backon::Retryable;
+    let attempt = || async {
         let err = match client.transact_write_items().set_transact_items(Some(items.clone())).send().await {
             Ok(_) => return Ok(None),
             Err(e) => e,
@@ -139,21 +136,57 @@ pub(crate) async fn transact(
         {
             let codes: Vec<&str> = c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
             if codes.contains(&"TransactionConflict") {
-                backoff(attempt).await;
-                continue;
+                return Err(Attempt::Contended(StoreError::conflict(format!(
+                    "{op} on table {table:?}: still conflicting with concurrent writers"
+                ))));
             }
             if codes.contains(&"ConditionalCheckFailed") {
                 return Ok(Some(codes.iter().map(|c| *c == "ConditionalCheckFailed").collect()));
             }
         }
         let e = sdk_error(op, table, err);
-        if e.kind == StoreErrorKind::Conflict && attempt + 1 < CONFLICT_ATTEMPTS {
-            backoff(attempt).await;
-            continue;
+        Err(if e.kind == StoreErrorKind::Conflict { Attempt::Contended(e) } else { Attempt::Final(e) })
+    };
+    attempt
+        .retry(crate::retry::dynamo_contention())
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, Attempt::Contended(_)))
+        .await
+        .map_err(|(Attempt::Contended(e) | Attempt::Final(e))| e)
+}
+
+/// Sends a batch call until DynamoDB has processed every item: `send` takes
+/// the items still pending and returns those it left unprocessed. Retries
+/// follow [`crate::retry::dynamo_contention`]; what is still unprocessed at
+/// the end is a throttling error naming how many items were left.
+pub(crate) async fn until_processed<T, F, Fut>(what: &str, items: Vec<T>, send: F) -> Result<(), StoreError>
+where
+    T: Clone,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    use backon::Retryable;
+    let pending = std::sync::Mutex::new(items);
+    let take = || pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let attempt = || async {
+        let left = send(take()).await.map_err(Attempt::Final)?;
+        let n = left.len();
+        *pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = left;
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(Attempt::Contended(StoreError::new(
+                StoreErrorKind::Throttled,
+                format!("{what}: {n} items still unprocessed after retries"),
+            )))
         }
-        return Err(e);
-    }
-    Err(StoreError::conflict(format!("{op} on table {table:?}: still conflicting after {CONFLICT_ATTEMPTS} attempts")))
+    };
+    attempt
+        .retry(crate::retry::dynamo_contention())
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, Attempt::Contended(_)))
+        .await
+        .map_err(|(Attempt::Contended(e) | Attempt::Final(e))| e)
 }
 
 /// A table key from its two parts.

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 
-use super::{backoff, build_err, key, n, s, sdk_error, transact};
+use super::{build_err, key, n, s, sdk_error, transact};
 use crate::store::StoreError;
 use crate::store::keys::{self, attr};
 use crate::vip::{Assignment, Claim, Lease, ServiceKey, UnixSeconds, VipLedger};
@@ -35,7 +35,7 @@ impl DynamoVipLedger {
     /// unprocessed keys, projecting `projection` (over `#sk`, `#v`, `#p`, `#o`, `#q`).
     async fn batch_get(
         &self,
-        mut pending: Vec<HashMap<String, AttributeValue>>,
+        pending: Vec<HashMap<String, AttributeValue>>,
         projection: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let names = [
@@ -45,11 +45,10 @@ impl DynamoVipLedger {
             ("#o", attr::OWNER),
             ("#q", attr::QUARANTINED_UNTIL),
         ];
-        let mut out = Vec::new();
-        let mut attempt = 0;
-        while !pending.is_empty() {
+        let out = std::sync::Mutex::new(Vec::new());
+        super::until_processed("BatchGetItem", pending, |keys| async {
             let mut request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut pending)))
+                .set_keys(Some(keys))
                 .consistent_read(true)
                 .projection_expression(projection);
             for (placeholder, name) in names.iter().filter(|(p, _)| projection.contains(p)) {
@@ -62,16 +61,13 @@ impl DynamoVipLedger {
                 .send()
                 .await
                 .map_err(|e| sdk_error("BatchGetItem", &self.table, e))?;
-            out.extend(resp.responses().and_then(|r| r.get(&self.table)).cloned().unwrap_or_default());
-            // DynamoDB may leave keys unprocessed under load: ask again after a pause.
-            if let Some(left) = resp.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                pending = left.keys().to_vec();
-                if !pending.is_empty() {
-                    backoff(attempt).await;
-                    attempt += 1;
-                }
-            }
-        }
+            let items = resp.responses().and_then(|r| r.get(&self.table)).cloned().unwrap_or_default();
+            out.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(items);
+            // DynamoDB may leave keys unprocessed under load: they go again after a pause.
+            Ok(resp.unprocessed_keys().and_then(|u| u.get(&self.table)).map(|k| k.keys().to_vec()).unwrap_or_default())
+        })
+        .await?;
+        let out = out.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(out)
     }
 
