@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use loopmesh_shared::config::Settings;
-use loopmesh_shared::dns::sync::DnsStore;
+use loopmesh_shared::dns::sync::{DnsStore, Ledgered};
 use loopmesh_shared::resources::backing_service;
 use loopmesh_shared::store::StoreError;
 use loopmesh_shared::store::dynamo::{ConflictRow, DynamoDnsStore, DynamoMeshView, DynamoStatus, RefusalRow};
@@ -79,8 +79,15 @@ pub async fn gather(
     };
     // Published names per VIP, from the ownership ledger.
     let mut names: BTreeMap<Ipv4Addr, Vec<(String, String)>> = BTreeMap::new();
-    for r in dns.owned().await? {
-        names.entry(r.value).or_default().push((r.name, r.zone.as_str().to_owned()));
+    for entry in dns.ledger().await? {
+        // A name whose change is unsettled shows under each record it may hold.
+        let records = match entry {
+            Ledgered::Owned(r) => vec![r],
+            Ledgered::Intent(rs) => rs,
+        };
+        for r in records {
+            names.entry(r.value).or_default().push((r.name, r.zone.as_str().to_owned()));
+        }
     }
     let now = unix_now();
     let mut out = Vec::new();

@@ -52,14 +52,15 @@ async fn handle(syncer: &Live, enabled: bool, event: LambdaEvent<Value>) -> Resu
         repaired = report.repaired,
         route53_calls = report.calls,
         throttles = report.throttles,
-        skipped = report.skipped.unwrap_or(""),
+        adopted = report.adopted,
+        skipped = report.skipped.as_deref().unwrap_or(""),
         "sync"
     );
     let timestamp =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     println!("{}", report.emf(timestamp));
     Ok(json!({
-        "outcome": report.skipped.map_or("synced", |_| "skipped"),
+        "outcome": if report.skipped.is_some() { "skipped" } else { "synced" },
         "why": report.skipped,
         "planned": report.planned,
         "applied": report.applied,
@@ -67,6 +68,7 @@ async fn handle(syncer: &Live, enabled: bool, event: LambdaEvent<Value>) -> Resu
         "failed": report.failed,
         "collected": report.collected,
         "repaired": report.repaired,
+        "adopted": report.adopted,
         "route53_calls": report.calls,
         "throttles": report.throttles,
     }))

@@ -49,6 +49,13 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The call may have been applied although it failed: no answer came
+    /// (a timeout, a dropped connection) or Route53 failed inside. Route53
+    /// refusals (throttling, a bad batch, a missing zone) applied nothing.
+    pub fn is_uncertain(&self) -> bool {
+        matches!(self, Self::Other { retryable: true, .. })
+    }
+
     /// Route53 asked for air: the same call may succeed after a pause.
     pub fn is_busy(&self) -> bool {
         matches!(self, Self::Throttled(_) | Self::PriorRequestNotComplete(_))

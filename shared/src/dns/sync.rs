@@ -5,16 +5,26 @@
 //! A run holds the sync lease (a conditional item in the table) so that
 //! concurrent invocations never both talk to Route53; the lease also carries
 //! the moment the next Route53 call may go, so the rate holds from one
-//! invocation to the next (invariant 3).
+//! invocation to the next (invariant 3). The lease is short and renewed while
+//! the run works; a run that cannot renew it is cancelled at its next await,
+//! so it stops writing before anyone else may start (fencing by deadline).
+//!
+//! The ownership ledger is written ahead of Route53: before a batch goes, each
+//! name it touches is marked as an *intent* listing the records the zone may
+//! hold there afterwards; after the answer the intents are settled. A run that
+//! dies in between leaves intents, and the next run settles them against the
+//! zone in bulk (one lookup per name, or one listing per zone when there are
+//! many): a record is adopted only when an intent of this ledger names its
+//! exact value, never on value equality alone (invariant 4).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::net::Ipv4Addr;
 
 use super::batch::{BatchLimits, batches};
 use super::desired::{Collision, NameSettings, NamedService, desired};
 use super::plan::{Policy, plan};
-use super::provider::{DnsProvider, Limited, ProviderError, ZoneInfo};
+use super::provider::{DnsProvider, Limited, ProviderError, RecordSet, ZoneInfo};
 use super::rate::RateLimiter;
 use super::{Change, Record};
 use crate::config::HostedZoneId;
@@ -66,26 +76,69 @@ pub struct RunRecord {
     pub report: Report,
 }
 
+/// What the ledger knows of one (zone, name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ledgered {
+    /// loopmesh created this record and the zone holds it.
+    Owned(Record),
+    /// A change to this name was sent and its outcome is unknown: the zone
+    /// holds one of these records of ours, or none of them (same zone and
+    /// name, at most two: the old and the new).
+    Intent(Vec<Record>),
+}
+
+impl Ledgered {
+    pub fn id(&self) -> Option<(&HostedZoneId, &str)> {
+        match self {
+            Self::Owned(r) => Some(r.id()),
+            Self::Intent(rs) => rs.first().map(Record::id),
+        }
+    }
+}
+
+/// Who holds the sync lease, when a run could not take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub holder: String,
+    pub until: UnixSeconds,
+}
+
+/// The answer to taking the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseTake {
+    /// Taken; no Route53 call may go before this epoch millisecond.
+    Taken {
+        next_call_ms: u64,
+    },
+    Held(LeaseHolder),
+}
+
 /// The table, as dns-sync uses it.
 pub trait DnsStore: Send + Sync {
-    /// Takes the sync lease; `None` when another run holds it. Returns the
-    /// epoch milliseconds before which no Route53 call may go.
+    /// Takes the sync lease until `until`, unless another holder's lease is
+    /// still valid at `now`.
     fn acquire_lease(
         &self,
         holder: &str,
         now: UnixSeconds,
-    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+        until: UnixSeconds,
+    ) -> impl Future<Output = Result<LeaseTake, StoreError>> + Send;
+    /// Extends `holder`'s lease to `until`; `false` when it is not (or no
+    /// longer) the holder.
+    fn renew_lease(&self, holder: &str, until: UnixSeconds) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn release_lease(&self, holder: &str, next_call_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn state(&self) -> impl Future<Output = Result<DnsState, StoreError>> + Send;
     fn services(&self, meshes: &[String]) -> impl Future<Output = Result<Vec<ServiceRow>, StoreError>> + Send;
     fn generators(&self) -> impl Future<Output = Result<Vec<HostnameGenerator>, StoreError>> + Send;
     fn has_endpoints(&self, key: &ServiceKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// The ownership ledger: every record loopmesh created.
-    fn owned(&self) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send;
-    fn update_owned(
+    /// The ownership ledger: every record loopmesh created, and the intents
+    /// of changes whose outcome is not known yet.
+    fn ledger(&self) -> impl Future<Output = Result<Vec<Ledgered>, StoreError>> + Send;
+    /// Writes these entries (one per zone and name) and removes the names in `removed`.
+    fn write_ledger(
         &self,
-        created: &[Record],
-        deleted: &[Record],
+        entries: &[Ledgered],
+        removed: &[Record],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Replaces the recorded conflicts with these.
     fn set_conflicts(&self, conflicts: &[Conflict]) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -120,6 +173,8 @@ pub struct SyncSettings {
     /// How often the audit lists whole zones even when the counts agree.
     pub full_audit_interval: UnixSeconds,
     pub limits: BatchLimits,
+    /// How long a taken or renewed lease lasts; renewed every third of it.
+    pub lease: std::time::Duration,
 }
 
 impl SyncSettings {
@@ -135,6 +190,7 @@ impl SyncSettings {
             quarantine: s.vip_quarantine.as_secs(),
             full_audit_interval: s.dns_full_audit_interval.as_secs(),
             limits: BatchLimits::default(),
+            lease: LEASE,
         }
     }
 }
@@ -150,8 +206,10 @@ pub struct Report {
     pub calls: u64,
     pub throttles: u64,
     pub repaired: u64,
+    /// Records whose unfinished change was settled by finding it in the zone.
+    pub adopted: u64,
     /// Why nothing was done, when nothing was.
-    pub skipped: Option<&'static str>,
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,10 +220,13 @@ pub enum SyncError {
     Zone { zone: HostedZoneId, reason: String },
     #[error("Route53: {0}")]
     Provider(#[from] ProviderError),
+    #[error("the sync lease was lost ({0}); the run stopped writing, the next run finishes its work")]
+    LeaseLost(String),
 }
 
-/// How long a run may hold the lease: beyond a Lambda's longest run.
-pub const LEASE_SECONDS: UnixSeconds = 15 * 60;
+/// How long a taken or renewed lease lasts: a few seconds beyond one
+/// renewal period, so a dead run's lease frees soon after it died.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The runner, with the zones it has checked in this execution environment.
 #[derive(Debug)]
@@ -181,13 +242,13 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         Self { provider, store, settings, checked_zones: tokio::sync::Mutex::new(BTreeMap::new()) }
     }
 
+    /// One run: take the lease, do the work while renewing it, release it.
     pub async fn run(&self, trigger: Trigger, now: UnixSeconds) -> Result<Report, SyncError> {
         let holder = format!("{:016x}", fastrand::u64(..));
-        let Some(next_call_ms) = self.store.acquire_lease(&holder, now).await? else {
-            return Ok(Report {
-                skipped: Some("another dns-sync run holds the lease; it applies this change too"),
-                ..Report::default()
-            });
+        let lease_s = self.settings.lease.as_secs().max(1);
+        let next_call_ms = match self.store.acquire_lease(&holder, now, now + lease_s).await? {
+            LeaseTake::Taken { next_call_ms } => next_call_ms,
+            LeaseTake::Held(held) => return Ok(self.skipped(trigger, &held).await),
         };
         let wait = next_call_ms.saturating_sub(epoch_ms());
         let limiter = RateLimiter::new(
@@ -195,17 +256,77 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
             Some(tokio::time::Instant::now() + std::time::Duration::from_millis(wait)),
         );
         let route53 = Limited::new(&self.provider, &limiter);
-        let result = self.run_locked(trigger, now, &route53).await;
+        // The work is dropped at its next await if the lease cannot be kept:
+        // it never writes past the moment another run may take over.
+        let result = tokio::select! {
+            biased;
+            lost = self.keep_lease(&holder, now) => Err(SyncError::LeaseLost(lost)),
+            r = self.run_locked(trigger, now, &route53) => r,
+        };
         let next = limiter
             .next_slot()
             .await
             .map_or(0, |at| epoch_ms() + at.saturating_duration_since(tokio::time::Instant::now()).as_millis() as u64);
-        self.store.release_lease(&holder, next).await?;
-        let mut report = result?;
+        let released = self.store.release_lease(&holder, next).await;
+        let mut report = match (result, released) {
+            (Ok(report), Ok(())) => report,
+            (Ok(_), Err(e)) => return Err(e.into()),
+            // The cause matters more than the release: the lease expires anyway.
+            (Err(e), released) => {
+                if let Err(r) = released {
+                    tracing::warn!(error = %r, "could not release the sync lease after a failed run; it expires by itself");
+                }
+                return Err(e);
+            }
+        };
         let stats = route53.stats();
         report.calls = stats.calls;
         report.throttles = stats.throttles;
         Ok(report)
+    }
+
+    /// What a run that found the lease held says: who holds it, until when,
+    /// and what stays pending. It claims nothing about the holder's work.
+    async fn skipped(&self, trigger: Trigger, held: &LeaseHolder) -> Report {
+        let pending = match self.store.state().await {
+            Ok(st) if st.generation != st.applied_generation || st.retry_pending => format!(
+                "changes up to generation {} are pending (applied: {}); the holder or the next run applies them",
+                st.generation, st.applied_generation
+            ),
+            Ok(_) => "nothing is pending".to_owned(),
+            Err(_) => "the pending changes could not be read".to_owned(),
+        };
+        let why = format!(
+            "dns-sync run {} holds the lease until {} (epoch seconds); this {} run did nothing; {pending}",
+            held.holder,
+            held.until,
+            match trigger {
+                Trigger::Changed => "change",
+                Trigger::Schedule => "scheduled",
+            }
+        );
+        Report { skipped: Some(why), ..Report::default() }
+    }
+
+    /// Renews the lease every third of its length; returns only when it can
+    /// no longer be kept: another holder took it, or renewals failed until
+    /// too little of it was left to be sure of it.
+    async fn keep_lease(&self, holder: &str, now: UnixSeconds) -> String {
+        let lease = self.settings.lease.max(std::time::Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let mut valid_until = started + lease;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let at = now + started.elapsed().as_secs();
+            match self.store.renew_lease(holder, at + lease.as_secs()).await {
+                Ok(true) => valid_until = tokio::time::Instant::now() + lease,
+                Ok(false) => return format!("run {holder}'s lease was taken by another run"),
+                Err(e) if tokio::time::Instant::now() + lease / 3 >= valid_until => {
+                    return format!("run {holder} could not renew its lease: {e}");
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew the sync lease; trying again"),
+            }
+        }
     }
 
     async fn run_locked(
@@ -221,128 +342,199 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
             let pending = state.generation != state.applied_generation || state.retry_pending;
             if trigger == Trigger::Changed && !pending {
                 if report == Report::default() {
-                    report.skipped = Some("nothing changed");
+                    report.skipped = Some("nothing changed".into());
                 }
                 return Ok(report);
             }
-            let rows = self.store.services(&state.meshes).await?;
-            let generators = self.store.generators().await?;
-            let mut collecting = Vec::new();
-            if trigger == Trigger::Schedule {
-                for row in rows.iter().filter(|r| r.vip.is_some() && !r.declared) {
-                    let idle_since = row.last_endpoint_change.max(row.assigned_at);
-                    if idle_since.saturating_add(self.settings.grace) <= now
-                        && !self.store.has_endpoints(&row.key).await?
-                    {
-                        collecting.push(row.clone());
-                    }
-                }
-            }
-            let live: Vec<NamedService> = rows
-                .iter()
-                .filter(|r| !collecting.iter().any(|c| c.key == r.key))
-                .filter_map(|r| {
-                    Some(NamedService {
-                        key: r.key.clone(),
-                        vip: r.vip?,
-                        labels: r.labels.clone(),
-                        assigned_at: r.assigned_at,
-                    })
-                })
-                .collect();
-            let want = desired(&live, &generators, &self.settings.names);
-            let mut conflicts: Vec<Conflict> = want.collisions.iter().map(collision).collect();
-            conflicts.extend(want.errors.iter().map(|(key, reason)| {
-                Conflict {
-                    zone: self
-                        .settings
-                        .names
-                        .default_zone
-                        .clone()
-                        .unwrap_or_else(|| HostedZoneId::parse("NONE").unwrap_or_else(|_| unreachable!())),
-                    name: key.to_string(),
-                    reason: reason.clone(),
-                }
-            }));
-
-            let mut owned = self.store.owned().await?;
-            let zones: BTreeSet<HostedZoneId> = want.records.iter().chain(&owned).map(|r| r.zone.clone()).collect();
-            let mut records = Vec::new();
-            for zone in &zones {
-                let info = self.zone(zone, route53).await?;
-                for r in want.records.iter().filter(|r| &r.zone == zone) {
-                    if dns_name::is_within(&r.name, &info.name) {
-                        records.push(r.clone());
-                    } else {
-                        conflicts.push(Conflict {
-                            zone: zone.clone(),
-                            name: r.name.clone(),
-                            reason: format!("{} is not inside the zone's domain {}", r.name, info.name),
-                        });
-                    }
-                }
-            }
-            let mut zone_counts = state.zone_counts.clone();
-            let mut last_full_audit = state.last_full_audit;
-            if trigger == Trigger::Schedule {
-                let full = now >= state.last_full_audit.saturating_add(self.settings.full_audit_interval);
-                report.repaired += self.audit(&zones, &mut owned, &mut zone_counts, full, route53).await?;
-                if full {
-                    last_full_audit = now;
-                }
-            }
-
-            let changes = plan(&owned, &records, Policy::Sync);
-            report.planned += changes.len() as u64;
-            let mut applied = Applied::default();
-            for batch in batches(&changes, self.settings.limits) {
-                self.apply(&batch, &mut applied, route53).await;
-            }
-            report.applied += applied.done.len() as u64;
-            report.failed += applied.failed.len() as u64;
-            let created: Vec<Record> = applied.done.iter().filter_map(created).cloned().collect();
-            let deleted: Vec<Record> = applied.done.iter().filter_map(deleted).cloned().collect();
-            self.store.update_owned(&created, &deleted).await?;
-            conflicts.extend(applied.conflicts);
-            report.conflicts = conflicts.len() as u64;
-            self.store.set_conflicts(&conflicts).await?;
-
-            for row in &collecting {
-                // Records first, then the VIP: only once every record of it is gone.
-                let all_gone = !owned.iter().chain(&created).any(|r| Some(r.value) == row.vip && !deleted.contains(r));
-                if let (Some(vip), true) = (row.vip, all_gone)
-                    && self
-                        .store
-                        .collect(&row.key, vip, row.last_endpoint_change, now, now + self.settings.quarantine)
-                        .await?
-                {
-                    report.collected += 1;
-                    tracing::info!(service = %row.key, %vip, "collected after the deletion grace; VIP in quarantine");
-                }
-            }
-            for zone in &zones {
-                let delta = created.iter().filter(|r| &r.zone == zone).count() as i64
-                    - deleted.iter().filter(|r| &r.zone == zone).count() as i64;
-                if let Some(c) = zone_counts.get_mut(zone.as_str()) {
-                    *c = c.saturating_add_signed(delta);
-                }
-            }
-            let retry_pending = !applied.failed.is_empty();
-            self.store
-                .finish(&RunRecord {
-                    applied_generation: state.generation,
-                    retry_pending,
-                    zone_counts,
-                    last_full_audit,
-                    report: report.clone(),
-                })
-                .await?;
+            self.round(trigger, now, &state, route53, &mut report).await?;
             let after = self.store.state().await?;
             if after.generation == state.generation {
                 return Ok(report);
             }
         }
         Ok(report)
+    }
+
+    /// One pass over the desired state: read, settle, plan, apply, collect, finish.
+    async fn round(
+        &self,
+        trigger: Trigger,
+        now: UnixSeconds,
+        state: &DnsState,
+        route53: &Limited<'_, P>,
+        report: &mut Report,
+    ) -> Result<(), SyncError> {
+        let rows = self.store.services(&state.meshes).await?;
+        let generators = self.store.generators().await?;
+        let collecting = if trigger == Trigger::Schedule { self.collectable(&rows, now).await? } else { Vec::new() };
+        let live: Vec<NamedService> = rows
+            .iter()
+            .filter(|r| !collecting.iter().any(|c| c.key == r.key))
+            .filter_map(|r| {
+                Some(NamedService {
+                    key: r.key.clone(),
+                    vip: r.vip?,
+                    labels: r.labels.clone(),
+                    assigned_at: r.assigned_at,
+                })
+            })
+            .collect();
+        let want = desired(&live, &generators, &self.settings.names);
+        let mut conflicts: Vec<Conflict> = want.collisions.iter().map(collision).collect();
+        conflicts.extend(want.errors.iter().map(|(key, reason)| {
+            Conflict {
+                zone: self
+                    .settings
+                    .names
+                    .default_zone
+                    .clone()
+                    .unwrap_or_else(|| HostedZoneId::parse("NONE").unwrap_or_else(|_| unreachable!())),
+                name: key.to_string(),
+                reason: reason.clone(),
+            }
+        }));
+
+        let ledger = self.store.ledger().await?;
+        let zones: BTreeSet<HostedZoneId> = want
+            .records
+            .iter()
+            .map(|r| r.zone.clone())
+            .chain(ledger.iter().filter_map(|e| e.id().map(|(z, _)| z.clone())))
+            .collect();
+        let mut records = Vec::new();
+        for zone in &zones {
+            let info = self.zone(zone, route53).await?;
+            for r in want.records.iter().filter(|r| &r.zone == zone) {
+                if dns_name::is_within(&r.name, &info.name) {
+                    records.push(r.clone());
+                } else {
+                    conflicts.push(Conflict {
+                        zone: zone.clone(),
+                        name: r.name.clone(),
+                        reason: format!("{} is not inside the zone's domain {}", r.name, info.name),
+                    });
+                }
+            }
+        }
+        let mut owned = self.settle(ledger, route53, report).await?;
+        let mut zone_counts = state.zone_counts.clone();
+        let mut last_full_audit = state.last_full_audit;
+        if trigger == Trigger::Schedule {
+            let full = now >= state.last_full_audit.saturating_add(self.settings.full_audit_interval);
+            report.repaired += self.audit(&zones, &mut owned, &mut zone_counts, full, route53).await?;
+            if full {
+                last_full_audit = now;
+            }
+        }
+
+        let changes = plan(&owned, &records, Policy::Sync);
+        report.planned += changes.len() as u64;
+        let mut applied = Applied::default();
+        for batch in batches(&changes, self.settings.limits) {
+            self.apply(batch, &mut applied, route53).await?;
+        }
+        report.applied += applied.done.len() as u64;
+        report.failed += applied.failed.len() as u64;
+        let created: Vec<Record> = applied.done.iter().filter_map(created).cloned().collect();
+        let deleted: Vec<Record> = applied.done.iter().filter_map(deleted).cloned().collect();
+        conflicts.extend(applied.conflicts);
+        report.conflicts = conflicts.len() as u64;
+        self.store.set_conflicts(&conflicts).await?;
+
+        for row in &collecting {
+            // Records first, then the VIP: only once every record of it is gone.
+            let all_gone = !owned.iter().chain(&created).any(|r| Some(r.value) == row.vip && !deleted.contains(r));
+            if let (Some(vip), true) = (row.vip, all_gone)
+                && self
+                    .store
+                    .collect(&row.key, vip, row.last_endpoint_change, now, now + self.settings.quarantine)
+                    .await?
+            {
+                report.collected += 1;
+                tracing::info!(service = %row.key, %vip, "collected after the deletion grace; VIP in quarantine");
+            }
+        }
+        for zone in &zones {
+            let delta = created.iter().filter(|r| &r.zone == zone).count() as i64
+                - deleted.iter().filter(|r| &r.zone == zone).count() as i64;
+            if let Some(c) = zone_counts.get_mut(zone.as_str()) {
+                *c = c.saturating_add_signed(delta);
+            }
+        }
+        self.store
+            .finish(&RunRecord {
+                applied_generation: state.generation,
+                retry_pending: !applied.failed.is_empty(),
+                zone_counts,
+                last_full_audit,
+                report: report.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Services whose deletion grace has passed with no endpoint.
+    async fn collectable(&self, rows: &[ServiceRow], now: UnixSeconds) -> Result<Vec<ServiceRow>, SyncError> {
+        let mut out = Vec::new();
+        for row in rows.iter().filter(|r| r.vip.is_some() && !r.declared) {
+            let idle_since = row.last_endpoint_change.max(row.assigned_at);
+            if idle_since.saturating_add(self.settings.grace) <= now && !self.store.has_endpoints(&row.key).await? {
+                out.push(row.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Settles the intents a dead run left: each name is looked up in its
+    /// zone (one call per name, or one listing of the zone when that is
+    /// cheaper), and becomes owned when the zone holds one of the intent's
+    /// records exactly, or leaves the ledger otherwise. Returns every owned record.
+    async fn settle(
+        &self,
+        ledger: Vec<Ledgered>,
+        route53: &Limited<'_, P>,
+        report: &mut Report,
+    ) -> Result<Vec<Record>, SyncError> {
+        let mut owned = Vec::with_capacity(ledger.len());
+        let mut intents: BTreeMap<HostedZoneId, Vec<Vec<Record>>> = BTreeMap::new();
+        for entry in ledger {
+            match entry {
+                Ledgered::Owned(r) => owned.push(r),
+                Ledgered::Intent(rs) if !rs.is_empty() => intents.entry(rs[0].zone.clone()).or_default().push(rs),
+                Ledgered::Intent(_) => {}
+            }
+        }
+        for (zone, names) in intents {
+            let count = self.zone(&zone, route53).await?.record_count;
+            // A listing returns 300 record sets a page.
+            let listing_calls = count.div_ceil(300).max(1);
+            let present: Vec<RecordSet> = if names.len() as u64 > listing_calls {
+                route53.list_all(&zone).await?
+            } else {
+                let mut found = Vec::new();
+                for rs in &names {
+                    let start = Some((format!("{}.", rs[0].name), "A".to_owned()));
+                    found.extend(route53.list_page(&zone, start, Some(1)).await?.0);
+                }
+                found
+            };
+            let (mut adopted, mut gone) = (Vec::new(), Vec::new());
+            for rs in names {
+                let here = present.iter().find(|set| set.kind == "A" && set.name == rs[0].name);
+                match here.and_then(|set| rs.iter().find(|r| set.is(r))) {
+                    Some(r) => adopted.push(Ledgered::Owned(r.clone())),
+                    None => gone.push(rs[0].clone()),
+                }
+            }
+            report.adopted += adopted.len() as u64;
+            tracing::info!(zone = %zone, adopted = adopted.len(), absent = gone.len(), "settled the intents of an unfinished run");
+            self.store.write_ledger(&adopted, &gone).await?;
+            owned.extend(adopted.into_iter().filter_map(|e| match e {
+                Ledgered::Owned(r) => Some(r),
+                Ledgered::Intent(_) => None,
+            }));
+        }
+        Ok(owned)
     }
 
     /// GetHostedZone once per zone per execution environment; refuses a zone
@@ -423,72 +615,123 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         Ok(repaired)
     }
 
-    /// Applies one batch; on InvalidChangeBatch, the changes Route53 names are
-    /// judged one by one and the rest go again, so one bad change never blocks
-    /// the others (batches are all-or-nothing).
-    async fn apply(&self, batch: &[Change], out: &mut Applied, route53: &Limited<'_, P>) {
+    /// Applies one batch with the ledger written ahead: intents first, then
+    /// Route53, then the settled entries. A refused batch (all or nothing)
+    /// is narrowed iteratively: changes Route53 names are judged alone and
+    /// the rest go again; with none named, the batch is halved. Each bad
+    /// change costs at most one extra call when named, and a logarithmic
+    /// number when not; nothing recurses.
+    async fn apply(&self, batch: Vec<Change>, out: &mut Applied, route53: &Limited<'_, P>) -> Result<(), SyncError> {
         let zone = batch[0].record().zone.clone();
-        match route53.change(&zone, batch).await {
-            Ok(()) => out.done.extend_from_slice(batch),
-            Err(ProviderError::InvalidChangeBatch(messages)) => {
-                let named: Vec<usize> =
-                    (0..batch.len()).filter(|i| messages.iter().any(|m| mentions(m, batch[*i].record()))).collect();
-                if batch.len() == 1 || named.is_empty() {
-                    if batch.len() == 1 {
-                        self.judge(&batch[0], &messages, out, route53).await;
-                    } else {
-                        let mid = split_point(batch);
-                        Box::pin(self.apply(&batch[..mid], out, route53)).await;
-                        Box::pin(self.apply(&batch[mid..], out, route53)).await;
+        let intents = intents(&batch);
+        self.store.write_ledger(&intents, &[]).await?;
+        let mut outcome = Applied::default();
+        let mut queue: VecDeque<Vec<Change>> = VecDeque::from([batch.clone()]);
+        while let Some(part) = queue.pop_front() {
+            match route53.change(&zone, &part).await {
+                Ok(()) => outcome.done.extend(part),
+                Err(ProviderError::InvalidChangeBatch(messages)) => {
+                    let (named, rest): (Vec<Change>, Vec<Change>) =
+                        part.iter().cloned().partition(|c| messages.iter().any(|m| mentions(m, c.record())));
+                    if named.is_empty() && part.len() > 1 {
+                        let mid = split_point(&part);
+                        queue.push_front(part[mid..].to_vec());
+                        queue.push_front(part[..mid].to_vec());
+                        continue;
                     }
-                    return;
-                }
-                let mut rest = Vec::new();
-                for (i, c) in batch.iter().enumerate() {
-                    if named.contains(&i) {
-                        Box::pin(self.judge(c, &messages, out, route53)).await;
-                    } else {
-                        rest.push(c.clone());
+                    for c in if named.is_empty() { &part } else { &named } {
+                        judge(c, &messages, &mut outcome);
+                    }
+                    if !named.is_empty() && !rest.is_empty() {
+                        queue.push_front(rest);
                     }
                 }
-                if !rest.is_empty() {
-                    Box::pin(self.apply(&rest, out, route53)).await;
+                Err(e) => {
+                    tracing::warn!(zone = %zone, changes = part.len(), error = %e, "change batch failed; retried next run");
+                    // A call that may have been applied keeps its intents for the next run to settle.
+                    if e.is_uncertain() {
+                        outcome.uncertain.extend(part.iter().map(|c| c.record().clone()));
+                    }
+                    outcome.failed.extend(part);
                 }
             }
-            Err(e) => {
-                tracing::warn!(zone = %zone, changes = batch.len(), error = %e, "change batch failed; retried next run");
-                out.failed.extend_from_slice(batch);
-            }
+        }
+        let (settled, removed) = settled(&batch, &outcome);
+        self.store.write_ledger(&settled, &removed).await?;
+        out.done.extend(outcome.done);
+        out.failed.extend(outcome.failed);
+        out.conflicts.extend(outcome.conflicts);
+        Ok(())
+    }
+}
+
+/// One refused change, from Route53's message alone: "not found" on a
+/// DELETE is done; "already exists" on a CREATE is a record this ledger has
+/// no claim on (a CREATE is only planned for a name the ledger does not
+/// hold), so it is a conflict left untouched; anything else is retried next run.
+fn judge(change: &Change, messages: &[String], out: &mut Applied) {
+    let rec = change.record();
+    let text = messages.iter().find(|m| mentions(m, rec)).or(messages.first()).cloned().unwrap_or_default();
+    match change {
+        Change::Delete(_) if text.contains("not found") => out.done.push(change.clone()),
+        Change::Create(_) if text.contains("already exists") => out.conflicts.push(Conflict {
+            zone: rec.zone.clone(),
+            name: rec.name.clone(),
+            reason: "a record loopmesh did not create holds this name; it is left untouched".into(),
+        }),
+        _ => {
+            tracing::warn!(change = %change, reason = %bounded(&text), "Route53 refused a change; retried next run");
+            out.failed.push(change.clone());
         }
     }
+}
 
-    /// One refused change: "already exists" with our exact value and "not
-    /// found" on a DELETE count as done; an existing foreign record is a
-    /// conflict that is left untouched; anything else is retried next run.
-    async fn judge(&self, change: &Change, messages: &[String], out: &mut Applied, route53: &Limited<'_, P>) {
-        let rec = change.record();
-        let text = messages.iter().find(|m| mentions(m, rec)).or(messages.first()).cloned().unwrap_or_default();
-        match change {
-            Change::Delete(_) if text.contains("not found") => out.done.push(change.clone()),
-            Change::Create(_) if text.contains("already exists") => {
-                let start = Some((format!("{}.", rec.name), "A".to_owned()));
-                match route53.list_page(&rec.zone, start, Some(1)).await {
-                    Ok((sets, _)) if sets.first().is_some_and(|s| s.name == rec.name && s.is(rec)) => {
-                        out.done.push(change.clone())
-                    }
-                    Ok(_) => out.conflicts.push(Conflict {
-                        zone: rec.zone.clone(),
-                        name: rec.name.clone(),
-                        reason: "a record loopmesh did not create holds this name; it is left untouched".into(),
-                    }),
-                    Err(_) => out.failed.push(change.clone()),
-                }
-            }
-            _ => {
-                tracing::warn!(change = %change, reason = %text, "Route53 refused a change; retried next run");
-                out.failed.push(change.clone());
-            }
+/// The intents written before a batch: per name, the records the zone may
+/// hold once the batch's outcome is known (the one deleted, the one created).
+fn intents(batch: &[Change]) -> Vec<Ledgered> {
+    let mut by_name: BTreeMap<(&HostedZoneId, &str), Vec<Record>> = BTreeMap::new();
+    for c in batch {
+        by_name.entry(c.record().id()).or_default().push(c.record().clone());
+    }
+    by_name.into_values().map(Ledgered::Intent).collect()
+}
+
+/// The ledger after a batch, per name: owned by the created record if its
+/// CREATE was done; gone if only its DELETE was done, or nothing of it was
+/// and it had no owned record before; back to the old record if nothing
+/// was done. Names whose call may have been applied keep their intent.
+fn settled(batch: &[Change], outcome: &Applied) -> (Vec<Ledgered>, Vec<Record>) {
+    let mut by_name: BTreeMap<(&HostedZoneId, &str), Vec<&Change>> = BTreeMap::new();
+    for c in batch {
+        by_name.entry(c.record().id()).or_default().push(c);
+    }
+    let (mut entries, mut removed) = (Vec::new(), Vec::new());
+    for changes in by_name.into_values() {
+        let rec = changes[0].record();
+        if outcome.uncertain.iter().any(|u| u.id() == rec.id()) {
+            continue;
         }
+        let done = |c: &&Change| outcome.done.contains(c);
+        let create = changes.iter().find_map(|c| created(c));
+        let delete = changes.iter().find_map(|c| deleted(c));
+        match (create, delete) {
+            (Some(new), _) if changes.iter().filter(|c| matches!(c, Change::Create(_))).any(done) => {
+                entries.push(Ledgered::Owned(new.clone()));
+            }
+            (_, Some(old)) if !changes.iter().filter(|c| matches!(c, Change::Delete(_))).any(done) => {
+                entries.push(Ledgered::Owned(old.clone()));
+            }
+            _ => removed.push(rec.clone()),
+        }
+    }
+    (entries, removed)
+}
+
+/// At most 200 characters of a text that came from outside, for logs and errors.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
     }
 }
 
@@ -497,6 +740,8 @@ struct Applied {
     done: Vec<Change>,
     failed: Vec<Change>,
     conflicts: Vec<Conflict>,
+    /// Records whose call may have been applied although it failed (a timeout).
+    uncertain: Vec<Record>,
 }
 
 fn created(c: &Change) -> Option<&Record> {
@@ -574,6 +819,7 @@ impl Report {
             ("Failed", self.failed),
             ("Collected", self.collected),
             ("Repaired", self.repaired),
+            ("Adopted", self.adopted),
             ("Route53Calls", self.calls),
             ("Throttles", self.throttles),
         ];
@@ -619,6 +865,6 @@ mod tests {
         let r = Report { planned: 3, applied: 2, calls: 4, ..Report::default() };
         let doc = r.emf(1);
         assert_eq!(doc["Applied"], 2);
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len(), 8);
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len(), 9);
     }
 }

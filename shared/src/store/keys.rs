@@ -131,4 +131,7 @@ pub mod attr {
     pub const NEXT_CALL_MS: &str = "next_call_ms";
     pub const VALUE: &str = "value";
     pub const TTL: &str = "ttl";
+    /// On an owned-record item: the records an unfinished change may have
+    /// left at the name (a list of `{value, ttl}`); absent once settled.
+    pub const INTENT: &str = "intent";
 }

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, ReturnV
 use super::{build_err, bump_generation, key, n, num, s, sdk_error, service_entry, text, transact};
 use crate::config::HostedZoneId;
 use crate::dns::Record;
-use crate::dns::sync::{Conflict, DnsState, DnsStore, LEASE_SECONDS, RunRecord, ServiceRow};
+use crate::dns::sync::{Conflict, DnsState, DnsStore, LeaseHolder, LeaseTake, Ledgered, RunRecord, ServiceRow};
 use crate::model::{HostnameGenerator, Resource, parse_one};
 use crate::store::StoreError;
 use crate::store::keys::{self, attr};
@@ -52,7 +52,7 @@ impl DynamoDnsStore {
 }
 
 impl DnsStore for DynamoDnsStore {
-    async fn acquire_lease(&self, holder: &str, now: UnixSeconds) -> Result<Option<u64>, StoreError> {
+    async fn acquire_lease(&self, holder: &str, now: UnixSeconds, until: UnixSeconds) -> Result<LeaseTake, StoreError> {
         let result = self
             .client
             .update_item()
@@ -63,15 +63,53 @@ impl DnsStore for DynamoDnsStore {
             .expression_attribute_names("#h", attr::HOLDER)
             .expression_attribute_names("#u", attr::LEASE_UNTIL)
             .expression_attribute_values(":h", s(holder))
-            .expression_attribute_values(":u", n(now + LEASE_SECONDS))
+            .expression_attribute_values(":u", n(until))
             .expression_attribute_values(":now", n(now))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match result {
-            Ok(out) => Ok(Some(out.attributes().map(|a| num(a, attr::NEXT_CALL_MS)).unwrap_or(0))),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(None),
+            Ok(out) => {
+                Ok(LeaseTake::Taken { next_call_ms: out.attributes().map(|a| num(a, attr::NEXT_CALL_MS)).unwrap_or(0) })
+            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_LEASE_SK.into())))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("GetItem (sync lease)", &self.table, e))?;
+                let item = out.item().cloned().unwrap_or_default();
+                Ok(LeaseTake::Held(LeaseHolder {
+                    holder: text(&item, attr::HOLDER).unwrap_or("(released meanwhile)").to_owned(),
+                    until: num(&item, attr::LEASE_UNTIL),
+                }))
+            }
             Err(e) => Err(sdk_error("UpdateItem (take sync lease)", &self.table, e)),
+        }
+    }
+
+    async fn renew_lease(&self, holder: &str, until: UnixSeconds) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_LEASE_SK.into())))
+            .update_expression("SET #u = :u")
+            .condition_expression("#h = :h")
+            .expression_attribute_names("#h", attr::HOLDER)
+            .expression_attribute_names("#u", attr::LEASE_UNTIL)
+            .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":u", n(until))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem (renew sync lease)", &self.table, e)),
         }
     }
 
@@ -165,52 +203,57 @@ impl DnsStore for DynamoDnsStore {
         Ok(!items.is_empty())
     }
 
-    async fn owned(&self) -> Result<Vec<Record>, StoreError> {
+    async fn ledger(&self) -> Result<Vec<Ledgered>, StoreError> {
         let mut out = Vec::new();
         for item in self.query(keys::DNS_PK, "REC#", None).await? {
             let bad = || StoreError::corrupt(format!("owned record {:?}", text(&item, keys::SK)));
             let zone = text(&item, attr::ZONE).and_then(|z| HostedZoneId::parse(z).ok()).ok_or_else(bad)?;
             let name = text(&item, attr::NAME).ok_or_else(bad)?.to_owned();
-            let value = text(&item, attr::VALUE).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-            let ttl = u32::try_from(num(&item, attr::TTL)).map_err(|_| bad())?;
-            out.push(Record { zone, name, value, ttl });
+            let record = |m: &Item| -> Result<Record, StoreError> {
+                let value = text(m, attr::VALUE).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+                let ttl = u32::try_from(num(m, attr::TTL)).map_err(|_| bad())?;
+                Ok(Record { zone: zone.clone(), name: name.clone(), value, ttl })
+            };
+            match item.get(attr::INTENT).and_then(|v| v.as_l().ok()) {
+                Some(candidates) => out.push(Ledgered::Intent(
+                    candidates
+                        .iter()
+                        .map(|c| c.as_m().map_err(|_| bad()).and_then(record))
+                        .collect::<Result<_, _>>()?,
+                )),
+                None => out.push(Ledgered::Owned(record(&item)?)),
+            }
         }
         Ok(out)
     }
 
-    async fn update_owned(&self, created: &[Record], deleted: &[Record]) -> Result<(), StoreError> {
-        // Deletes go in a request of their own before the puts: a replaced
-        // name is in both, and one batch may not touch a key twice.
-        let deletes = deleted
-            .iter()
-            .map(|r| {
-                let k = key(keys::DNS_PK.into(), keys::owned_record_sk(r.zone.as_str(), &r.name));
-                DeleteRequest::builder()
-                    .set_key(Some(k))
-                    .build()
-                    .map(|d| WriteRequest::builder().delete_request(d).build())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| build_err(&self.table, e))?;
-        self.batch_write(deletes).await?;
-        let puts = created
-            .iter()
-            .map(|r| {
-                let mut item = key(keys::DNS_PK.into(), keys::owned_record_sk(r.zone.as_str(), &r.name));
-                item.extend([
-                    (attr::ZONE.into(), s(r.zone.as_str())),
-                    (attr::NAME.into(), s(&r.name)),
-                    (attr::VALUE.into(), s(r.value.to_string())),
-                    (attr::TTL.into(), n(r.ttl.into())),
-                ]);
-                PutRequest::builder()
-                    .set_item(Some(item))
-                    .build()
-                    .map(|p| WriteRequest::builder().put_request(p).build())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| build_err(&self.table, e))?;
-        self.batch_write(puts).await
+    async fn write_ledger(&self, entries: &[Ledgered], removed: &[Record]) -> Result<(), StoreError> {
+        let record_attrs = |r: &Record| {
+            Item::from([(attr::VALUE.into(), s(r.value.to_string())), (attr::TTL.into(), n(r.ttl.into()))])
+        };
+        let mut requests = Vec::with_capacity(entries.len() + removed.len());
+        for r in removed {
+            let k = key(keys::DNS_PK.into(), keys::owned_record_sk(r.zone.as_str(), &r.name));
+            let d = DeleteRequest::builder().set_key(Some(k)).build().map_err(|e| build_err(&self.table, e))?;
+            requests.push(WriteRequest::builder().delete_request(d).build());
+        }
+        for entry in entries {
+            let Some((zone, name)) = entry.id() else { continue };
+            let mut item = key(keys::DNS_PK.into(), keys::owned_record_sk(zone.as_str(), name));
+            item.extend([(attr::ZONE.into(), s(zone.as_str())), (attr::NAME.into(), s(name))]);
+            match entry {
+                Ledgered::Owned(r) => item.extend(record_attrs(r)),
+                Ledgered::Intent(rs) => {
+                    item.insert(
+                        attr::INTENT.into(),
+                        AttributeValue::L(rs.iter().map(|r| AttributeValue::M(record_attrs(r))).collect()),
+                    );
+                }
+            }
+            let p = PutRequest::builder().set_item(Some(item)).build().map_err(|e| build_err(&self.table, e))?;
+            requests.push(WriteRequest::builder().put_request(p).build());
+        }
+        self.batch_write(requests).await
     }
 
     async fn set_conflicts(&self, conflicts: &[Conflict]) -> Result<(), StoreError> {
@@ -273,6 +316,7 @@ impl DnsStore for DynamoDnsStore {
             ("failed".to_owned(), n(r.failed)),
             ("collected".to_owned(), n(r.collected)),
             ("repaired".to_owned(), n(r.repaired)),
+            ("adopted".to_owned(), n(r.adopted)),
         ]);
         self.client
             .update_item()
