@@ -1,9 +1,11 @@
 //! task-events: ECS Task State Change events in, Dataplane registrations and
-//! VIPs out. The flow lives in `loopmesh_shared::registration`; this file
-//! only wires configuration, clients and the Lambda runtime.
+//! VIPs out; on its schedule (an EventBridge Scheduled Event, or
+//! `{"reconcile": true}`), a reconciliation of the table with what ECS runs.
+//! The flows live in `loopmesh_shared::registration`; this file only wires
+//! configuration, clients and the Lambda runtime.
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
-use loopmesh_shared::aws::ecs::EcsTaskDefinitions;
+use loopmesh_shared::aws::ecs::{EcsRunningTasks, EcsTaskDefinitions};
 use loopmesh_shared::aws::iam::IamRoleTags;
 use loopmesh_shared::aws::sdk_config;
 use loopmesh_shared::config::Settings;
@@ -28,14 +30,36 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         DynamoRegistry::new(dynamo.clone(), &table),
         DynamoVipLedger::new(dynamo, &table),
     );
-    let registrar = &registrar;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move { handle(registrar, event).await }))
+    let ecs = EcsRunningTasks::new(aws_sdk_ecs::Client::new(&config));
+    let (registrar, ecs) = (&registrar, &ecs);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move { handle(registrar, ecs, event).await }))
         .await
 }
 
-async fn handle(registrar: &Live, event: LambdaEvent<Value>) -> Result<Value, Failure> {
+async fn handle(registrar: &Live, ecs: &EcsRunningTasks, event: LambdaEvent<Value>) -> Result<Value, Failure> {
+    if is_reconcile(&event.payload) {
+        let r = registrar.reconcile(ecs, unix_now()).await.map_err(Failure)?;
+        return Ok(json!({
+            "outcome": "reconciled",
+            "clusters": r.clusters,
+            "running": r.running,
+            "registered_before": r.registered_before,
+            "registered": r.registered,
+            "removed": r.removed,
+            "unregistered": r.unregistered,
+            "malformed": r.malformed,
+            "ecs_calls": r.ecs_calls,
+        }));
+    }
     let outcome = registrar.handle(&event.payload, unix_now()).await.map_err(Failure)?;
     Ok(summary(&outcome))
+}
+
+/// The schedule's invocation: an EventBridge Scheduled Event, or the
+/// Scheduler's input `{"reconcile": true}`.
+fn is_reconcile(payload: &Value) -> bool {
+    payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        || payload.get("reconcile").and_then(Value::as_bool) == Some(true)
 }
 
 /// The invocation's result, for `cargo lambda invoke` and the logs.

@@ -142,6 +142,13 @@ pub fn parse(raw: &serde_json::Value) -> Result<TaskEvent, ValidationErrors> {
         let path = if path == "." { "detail".to_owned() } else { format!("detail.{path}") };
         ValidationErrors::single(path, e.into_inner().to_string())
     })?;
+    from_detail(d)
+}
+
+/// Checks a task's state as ECS reports it, from an event's detail or from
+/// DescribeTasks (the reconciliation), and turns it into a [`TaskEvent`].
+pub fn from_detail(d: EcsTaskStateChange) -> Result<TaskEvent, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
     for (field, value, rule) in [
         ("detail.taskArn", &d.task_arn, ":task/"),
         ("detail.clusterArn", &d.cluster_arn, ":cluster/"),

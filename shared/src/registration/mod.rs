@@ -11,6 +11,7 @@
 
 mod cache;
 pub mod event;
+pub mod reconcile;
 pub mod sidecar_spec;
 
 use std::collections::BTreeMap;
@@ -131,6 +132,8 @@ pub trait Registry: Send + Sync {
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
     fn record_refusal(&self, refusal: &RefusalRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn mesh_mode(&self, mesh: &str) -> impl Future<Output = Result<MeshServicesMode, StoreError>> + Send;
+    /// The ARNs of every task that has an endpoint in the table.
+    fn registered_tasks(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
 /// What one event did.
@@ -220,13 +223,18 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
     /// Handles one EventBridge envelope.
     pub async fn handle(&self, raw: &serde_json::Value, now: UnixSeconds) -> Result<Outcome, HandleError> {
         let event = event::parse(raw).map_err(HandleError::Malformed)?;
+        self.handle_task(&event, now).await
+    }
+
+    /// Acts on one task's state, from an event or from the reconciliation.
+    pub async fn handle_task(&self, event: &TaskEvent, now: UnixSeconds) -> Result<Outcome, HandleError> {
         if !event.in_clusters(&self.settings.clusters) {
             return Ok(Outcome::Ignored { why: "the task's cluster is not in LOOPMESH_CLUSTERS" });
         }
         match event.state {
             TaskState::Starting => Ok(Outcome::Ignored { why: "the task is not running yet" }),
-            TaskState::Running => self.running(&event, now).await,
-            TaskState::Stopped => self.stopped(&event, now).await,
+            TaskState::Running => self.running(event, now).await,
+            TaskState::Stopped => self.stopped(event, now).await,
         }
     }
 

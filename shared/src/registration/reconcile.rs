@@ -1,0 +1,191 @@
+//! Reconciliation: the table compared with what ECS actually runs, repaired
+//! both ways. Events are an optimisation; this pass is what makes the mesh
+//! correct in the end (level-triggered): a lost RUNNING leaves a task
+//! unregistered only until the next pass, a lost STOPPED leaves a dead
+//! endpoint only until the next pass.
+//!
+//! Order matters: the table is read before ECS, so a task registered after
+//! the table read is not in `registered`, and a task that starts after the
+//! ECS listing is left to its own event or the next pass. A registered task
+//! missing from the listing is removed only once DescribeTasks confirms it
+//! stopped or ECS no longer knows it.
+//!
+//! Cost per pass: one ListTasks per 100 running tasks per cluster, one
+//! DescribeTasks per 100 tasks that differ, one DynamoDB query page per
+//! 1 MB of endpoints (see `bench/src/bin/reconcile.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use super::event::{EcsTaskStateChange, TaskState, from_detail};
+use super::{HandleError, Outcome, Registrar, Registry, RoleTags, TaskDefinitions};
+use crate::store::StoreError;
+use crate::vip::{UnixSeconds, VipLedger};
+
+/// ECS as the reconciliation reads it.
+pub trait EcsTasks: Send + Sync {
+    /// The ARNs of every cluster in the account and region.
+    fn clusters(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The ARNs of the tasks whose desired status is RUNNING in `cluster`, all pages.
+    fn running(&self, cluster: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Up to 100 tasks of `cluster` as ECS describes them; a task ECS no
+    /// longer knows is absent from the answer.
+    fn describe(
+        &self,
+        cluster: &str,
+        task_arns: &[String],
+    ) -> impl Future<Output = Result<Vec<EcsTaskStateChange>, StoreError>> + Send;
+}
+
+/// What one pass found and did, for the log line and the invocation's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub clusters: u64,
+    pub running: u64,
+    pub registered_before: u64,
+    /// Running tasks that had no endpoint and now have one.
+    pub registered: u64,
+    /// Registered tasks that ECS says stopped (or no longer knows), now removed.
+    pub removed: u64,
+    /// Running tasks left unregistered: no sidecar, refused, or not running yet.
+    pub unregistered: u64,
+    /// Tasks ECS described in a shape loopmesh cannot read.
+    pub malformed: u64,
+    pub ecs_calls: u64,
+}
+
+/// The cluster of a task ARN (`arn:aws:ecs:r:a:task/<cluster>/<id>`), when it says.
+fn cluster_of(task_arn: &str) -> Option<&str> {
+    let rest = task_arn.split_once(":task/")?.1;
+    rest.split_once('/').map(|(cluster, _)| cluster)
+}
+
+impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R, G, L> {
+    /// One reconciliation pass over the watched clusters (all when
+    /// `LOOPMESH_CLUSTERS` is empty).
+    pub async fn reconcile<E: EcsTasks>(&self, ecs: &E, now: UnixSeconds) -> Result<ReconcileReport, HandleError> {
+        let mut report = ReconcileReport::default();
+        let registered: BTreeSet<String> = self.registry.registered_tasks().await?.into_iter().collect();
+        report.registered_before = registered.len() as u64;
+        let clusters = if self.settings.clusters.is_empty() {
+            report.ecs_calls += 1;
+            ecs.clusters().await?
+        } else {
+            self.settings.clusters.clone()
+        };
+        report.clusters = clusters.len() as u64;
+        let mut running: BTreeMap<String, String> = BTreeMap::new();
+        for cluster in &clusters {
+            let arns = ecs.running(cluster).await?;
+            report.ecs_calls += (arns.len() as u64).div_ceil(100).max(1);
+            running.extend(arns.into_iter().map(|a| (a, cluster.clone())));
+        }
+        report.running = running.len() as u64;
+
+        // Running, not registered: describe and register.
+        let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (arn, cluster) in running.iter().filter(|(arn, _)| !registered.contains(*arn)) {
+            missing.entry(cluster.as_str()).or_default().push(arn.clone());
+        }
+        for (cluster, arns) in missing {
+            for chunk in arns.chunks(100) {
+                report.ecs_calls += 1;
+                for task in ecs.describe(cluster, chunk).await? {
+                    match self.repair(task, now).await? {
+                        Some(Outcome::Registered { .. }) => report.registered += 1,
+                        Some(_) => report.unregistered += 1,
+                        None => report.malformed += 1,
+                    }
+                }
+            }
+        }
+
+        // Registered, not running: remove once ECS confirms.
+        let mut gone: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for arn in registered.iter().filter(|arn| !running.contains_key(*arn)) {
+            let cluster = cluster_of(arn).map(str::to_owned).or_else(|| clusters.first().cloned());
+            if let Some(cluster) = cluster {
+                gone.entry(cluster).or_default().push(arn.clone());
+            }
+        }
+        for (cluster, arns) in gone {
+            for chunk in arns.chunks(100) {
+                report.ecs_calls += 1;
+                let described = ecs.describe(&cluster, chunk).await?;
+                for arn in chunk {
+                    let task = described.iter().find(|t| &t.task_arn == arn).cloned();
+                    let stopped = match task {
+                        // ECS no longer knows it: long stopped.
+                        None => Some(self.forgotten(arn, &cluster).await?),
+                        Some(t) => Some(t),
+                    };
+                    if let Some(t) = stopped
+                        && let Some(Outcome::Deregistered { .. }) = self.repair(t, now).await?
+                    {
+                        report.removed += 1;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            clusters = report.clusters,
+            running = report.running,
+            registered_before = report.registered_before,
+            registered = report.registered,
+            removed = report.removed,
+            unregistered = report.unregistered,
+            malformed = report.malformed,
+            ecs_calls = report.ecs_calls,
+            "reconciled with ECS"
+        );
+        Ok(report)
+    }
+
+    /// Acts on one described task as on its event; `None` when ECS described
+    /// it in a shape that does not parse (logged, counted, the pass goes on).
+    async fn repair(&self, task: EcsTaskStateChange, now: UnixSeconds) -> Result<Option<Outcome>, HandleError> {
+        let arn = task.task_arn.clone();
+        match from_detail(task) {
+            Ok(ev) if ev.state == TaskState::Starting => Ok(Some(Outcome::Ignored { why: "not running yet" })),
+            Ok(ev) => self.handle_task(&ev, now).await.map(Some),
+            Err(e) => {
+                tracing::warn!(task = %arn, error = %e, "ECS described a task loopmesh cannot read; skipped");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A stopped state for a registered task ECS no longer describes, at the
+    /// version the table holds (a STOPPED at the same version applies).
+    async fn forgotten(&self, arn: &str, cluster: &str) -> Result<EcsTaskStateChange, HandleError> {
+        let record = self.registry.task(arn).await?;
+        let cluster_arn = if cluster.starts_with("arn:") {
+            cluster.to_owned()
+        } else {
+            let prefix = arn.split_once(":task/").map_or("", |(p, _)| p);
+            format!("{prefix}:cluster/{cluster}")
+        };
+        let definition = arn.split_once(":task/").map_or(String::new(), |(p, _)| format!("{p}:task-definition/gone:0"));
+        Ok(EcsTaskStateChange {
+            task_arn: arn.to_owned(),
+            cluster_arn,
+            task_definition_arn: definition,
+            last_status: "STOPPED".into(),
+            desired_status: "STOPPED".into(),
+            version: record.map_or(0, |r| r.version),
+            stopped_reason: Some("ECS no longer knows this task".into()),
+            ..EcsTaskStateChange::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_comes_from_a_long_task_arn() {
+        assert_eq!(cluster_of("arn:aws:ecs:us-east-1:1:task/prod/abc"), Some("prod"));
+        assert_eq!(cluster_of("arn:aws:ecs:us-east-1:1:task/abc"), None);
+    }
+}

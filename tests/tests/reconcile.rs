@@ -1,0 +1,121 @@
+//! Reconciliation against moto server: tasks that ECS runs (RunTask on
+//! Fargate) whose events were all lost get registered; a task stopped with
+//! its STOPPED event lost, and one ECS never knew, get removed.
+#![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
+
+use std::collections::BTreeSet;
+
+use aws_sdk_ecs::types::{AssignPublicIp, AwsVpcConfiguration, LaunchType, NetworkConfiguration};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use loopmesh_shared::aws::ecs::EcsRunningTasks;
+use loopmesh_shared::registration::Outcome;
+use loopmesh_shared::store::keys;
+use loopmesh_shared::vip::unix_now;
+use loopmesh_tests::ecs::{event, registrar, role, settings, task_definition};
+use loopmesh_tests::{attr_s, dynamo_client, endpoint, fresh_table, query_prefix, sdk_config, unique};
+
+/// A subnet of the emulator's default VPC, asked with EC2's query API (the
+/// workspace has no EC2 SDK; the emulator picks the service from the
+/// credential scope).
+async fn default_subnet() -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(endpoint())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(Full::new(Bytes::from_static(b"Action=DescribeSubnets&Version=2016-11-15")))
+        .unwrap();
+    let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let start = text.find("<subnetId>").unwrap_or_else(|| panic!("no subnet in {text}")) + "<subnetId>".len();
+    text[start..].split('<').next().unwrap().to_owned()
+}
+
+/// Keeps emulated tasks RUNNING until stopped: by default the emulator moves
+/// a task one step towards STOPPED each time it is described.
+async fn tasks_stay_running() {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000000}}"#;
+    let req = hyper::Request::post(format!("{}/moto-api/state-manager/set-transition", endpoint()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let status = client.request(req).await.unwrap().status();
+    assert!(status.is_success(), "set-transition: {status}");
+}
+
+/// The task ARNs that have endpoints in `mesh`.
+async fn endpoint_tasks(client: &aws_sdk_dynamodb::Client, table: &str, mesh: &str) -> BTreeSet<String> {
+    query_prefix(client, table, &keys::mesh_pk(mesh), "EP#").await.iter().map(|i| attr_s(i, "task_arn")).collect()
+}
+
+#[tokio::test]
+async fn lost_events_are_repaired_both_ways_by_the_reconciliation() {
+    tasks_stay_running().await;
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "reconcile").await;
+    let ecs = aws_sdk_ecs::Client::new(&sdk_config().await);
+    let cluster = format!("rc-{}", unique());
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let mesh = format!("rc{}", fastrand::u32(..));
+    let tags = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", mesh.as_str()), ("kuma.io/service", "redis")];
+    let td = task_definition(Some(&role(&tags).await), "redis", &mesh, true).await;
+    let s = settings(&table, &[("LOOPMESH_CLUSTERS", &cluster)]);
+    let registrar = registrar(&s).await;
+    let tasks = EcsRunningTasks::new(ecs.clone());
+
+    // Three tasks start; every event is lost.
+    let network = NetworkConfiguration::builder()
+        .awsvpc_configuration(
+            AwsVpcConfiguration::builder()
+                .subnets(default_subnet().await)
+                .security_groups("sg-0123456789abcdef0")
+                .assign_public_ip(AssignPublicIp::Disabled)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let started = ecs
+        .run_task()
+        .cluster(&cluster)
+        .task_definition(&td)
+        .launch_type(LaunchType::Fargate)
+        .network_configuration(network)
+        .count(3)
+        .send()
+        .await
+        .unwrap();
+    let arns: BTreeSet<String> = started.tasks().iter().map(|t| t.task_arn().unwrap().to_owned()).collect();
+    assert_eq!(arns.len(), 3);
+
+    let report = registrar.reconcile(&tasks, unix_now()).await.unwrap();
+    assert_eq!((report.running, report.registered, report.removed), (3, 3, 0), "{report:?}");
+    assert_eq!(endpoint_tasks(&client, &table, &mesh).await, arns, "every running task has its endpoint");
+
+    // A second pass changes nothing and costs two ECS calls (no describe).
+    let again = registrar.reconcile(&tasks, unix_now()).await.unwrap();
+    assert_eq!((again.registered, again.removed, again.ecs_calls), (0, 0, 1), "{again:?}");
+
+    // One task stops, and its STOPPED event is lost; a task ECS never knew
+    // (an event from another account's replay, say) has an endpoint too.
+    let stopped = arns.iter().next().unwrap().clone();
+    ecs.stop_task().cluster(&cluster).task(&stopped).send().await.unwrap();
+    let cluster_arn = format!("arn:aws:ecs:us-east-1:123456789012:cluster/{cluster}");
+    let mut ghost = event("ecs-task-running.json", &td, "ghost", "10.0.9.9", 2);
+    ghost["detail"]["clusterArn"] = cluster_arn.into();
+    ghost["detail"]["taskArn"] = format!("arn:aws:ecs:us-east-1:123456789012:task/{cluster}/ghost").into();
+    let outcome = registrar.handle(&ghost, unix_now()).await.unwrap();
+    assert!(matches!(outcome, Outcome::Registered { .. }), "{outcome:?}");
+    assert_eq!(endpoint_tasks(&client, &table, &mesh).await.len(), 4);
+
+    let report = registrar.reconcile(&tasks, unix_now()).await.unwrap();
+    assert_eq!((report.registered, report.removed), (0, 2), "{report:?}");
+    let left = endpoint_tasks(&client, &table, &mesh).await;
+    let want: BTreeSet<String> = arns.iter().filter(|a| **a != stopped).cloned().collect();
+    assert_eq!(left, want, "endpoints equal the running tasks");
+}
