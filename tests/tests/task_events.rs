@@ -288,3 +288,19 @@ async fn storm_of_duplicated_shuffled_events_converges() {
     assert_eq!(services.len(), 10);
     assert_eq!(services.values().collect::<HashSet<_>>().len(), 10);
 }
+
+#[tokio::test]
+async fn a_template_that_names_another_address_than_the_tasks_is_refused() {
+    let bed = bed("te-address").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let role =
+        role(&[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "demo-app")]).await;
+    // The sidecar command gains a literal address after the shell's one: a
+    // later --dataplane-var wins, as kuma-dp reads them.
+    let td = task_definition(Some(&role), "demo-app", "default --dataplane-var address=127.0.0.1", true).await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    let Outcome::Refused { reason } = out else { panic!("{out:?}") };
+    assert!(reason.contains("\"127.0.0.1\"") && reason.contains("10.0.1.10"), "{reason}");
+    assert!(bed.endpoints("default").await.is_empty(), "nothing is published");
+    assert_eq!(bed.refusals().await, [reason], "loopmesh status shows why");
+}

@@ -136,6 +136,21 @@ pub trait Registry: Send + Sync {
     fn registered_tasks(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
+/// Why a rendered Dataplane's address cannot be published: it is not the
+/// address ECS reports for the task, or ECS reports none.
+fn address_refusal(rendered: &str, reported: Option<&str>, container: &str) -> Option<String> {
+    let shown: String = rendered.chars().take(64).collect();
+    match reported {
+        Some(task) if rendered == task => None,
+        Some(task) => Some(format!(
+            "the Dataplane of container {container:?} gives networking.address {shown:?}, but ECS reports the task at {task}; loopmesh publishes only the task's own address (drop the literal --dataplane-var address=, or use `hostname -i`)"
+        )),
+        None => Some(format!(
+            "ECS reports no address for this task (no awsvpc network interface), so networking.address {shown:?} cannot be checked; loopmesh publishes only addresses ECS reports (use awsvpc networking)"
+        )),
+    }
+}
+
 /// What one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -254,6 +269,11 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 return self.refuse(ev, None, reason, now).await;
             }
         };
+        // The endpoint is where ECS put the task, never what a template
+        // claims: a role for service X must not send X's callers elsewhere.
+        if let Some(reason) = address_refusal(&dp.address, address.as_deref(), &spec.container) {
+            return self.refuse(ev, Some(&dp.mesh), reason, now).await;
+        }
         let Some(role) = td.task_role_arn.as_deref() else {
             let reason =
                 "the task definition has no task role; loopmesh identifies a task by its role's kuma.io/* tags";
