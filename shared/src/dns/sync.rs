@@ -705,13 +705,15 @@ fn settled(batch: &[Change], outcome: &Applied) -> (Vec<Ledgered>, Vec<Record>) 
     for c in batch {
         by_name.entry(c.record().id()).or_default().push(c);
     }
+    let done_set: std::collections::HashSet<&Change> = outcome.done.iter().collect();
+    let uncertain: BTreeSet<(&HostedZoneId, &str)> = outcome.uncertain.iter().map(Record::id).collect();
     let (mut entries, mut removed) = (Vec::new(), Vec::new());
     for changes in by_name.into_values() {
         let rec = changes[0].record();
-        if outcome.uncertain.iter().any(|u| u.id() == rec.id()) {
+        if uncertain.contains(&rec.id()) {
             continue;
         }
-        let done = |c: &&Change| outcome.done.contains(c);
+        let done = |c: &&Change| done_set.contains(*c);
         let create = changes.iter().find_map(|c| created(c));
         let delete = changes.iter().find_map(|c| deleted(c));
         match (create, delete) {

@@ -284,17 +284,8 @@ impl Registry for DynamoRegistry {
     async fn registered_tasks(&self) -> Result<Vec<String>, StoreError> {
         // Every mesh with services is in the DNS state's `meshes`; endpoints
         // live under their mesh and name their task.
-        let state = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(keys::DNS_PK.into(), keys::DNS_STATE_SK.into())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetItem", &self.table, e))?;
-        let meshes =
-            state.item().and_then(|i| i.get(attr::MESHES)).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+        use crate::dns::sync::DnsStore;
+        let meshes = super::DynamoDnsStore::new(self.client.clone(), &self.table).state().await?.meshes;
         let mut tasks = std::collections::BTreeSet::new();
         for mesh in meshes {
             for item in super::query(&self.client, &self.table, &keys::mesh_pk(&mesh), "EP#", None).await? {
