@@ -115,6 +115,22 @@ enum Attempt {
     Final(StoreError),
 }
 
+/// Repeats `attempt` while it says [`Attempt::Contended`], per
+/// [`crate::retry::dynamo_contention`]; the last error is the answer.
+async fn while_contended<T, F, Fut>(attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Attempt>>,
+{
+    use backon::Retryable;
+    attempt
+        .retry(crate::retry::dynamo_contention())
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, Attempt::Contended(_)))
+        .await
+        .map_err(|(Attempt::Contended(e) | Attempt::Final(e))| e)
+}
+
 /// Runs a transaction, retrying conflicts with
 /// [`crate::retry::dynamo_contention`]. `Ok(None)` when it was applied;
 /// `Ok(Some(failed))` when conditions cancelled it, with one flag per item
@@ -125,7 +141,6 @@ pub(crate) async fn transact(
     op: &str,
     items: Vec<TransactWriteItem>,
 ) -> Result<Option<Vec<bool>>, StoreError> {
-    use backon::Retryable;
     let attempt = || async {
         let err = match client.transact_write_items().set_transact_items(Some(items.clone())).send().await {
             Ok(_) => return Ok(None),
@@ -147,12 +162,7 @@ pub(crate) async fn transact(
         let e = sdk_error(op, table, err);
         Err(if e.kind == StoreErrorKind::Conflict { Attempt::Contended(e) } else { Attempt::Final(e) })
     };
-    attempt
-        .retry(crate::retry::dynamo_contention())
-        .sleep(tokio::time::sleep)
-        .when(|e| matches!(e, Attempt::Contended(_)))
-        .await
-        .map_err(|(Attempt::Contended(e) | Attempt::Final(e))| e)
+    while_contended(attempt).await
 }
 
 /// Sends a batch call until DynamoDB has processed every item: `send` takes
@@ -165,7 +175,6 @@ where
     F: Fn(Vec<T>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
 {
-    use backon::Retryable;
     let pending = std::sync::Mutex::new(items);
     let take = || pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let attempt = || async {
@@ -181,12 +190,7 @@ where
             )))
         }
     };
-    attempt
-        .retry(crate::retry::dynamo_contention())
-        .sleep(tokio::time::sleep)
-        .when(|e| matches!(e, Attempt::Contended(_)))
-        .await
-        .map_err(|(Attempt::Contended(e) | Attempt::Final(e))| e)
+    while_contended(attempt).await
 }
 
 /// A table key from its two parts.
