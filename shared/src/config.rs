@@ -29,6 +29,7 @@ pub const SERVICE_DELETION_GRACE: &str = "LOOPMESH_SERVICE_DELETION_GRACE";
 pub const VIP_QUARANTINE: &str = "LOOPMESH_VIP_QUARANTINE";
 pub const CLUSTERS: &str = "LOOPMESH_CLUSTERS";
 pub const DNS_FULL_AUDIT_INTERVAL: &str = "LOOPMESH_DNS_FULL_AUDIT_INTERVAL";
+pub const DNS_SHORT_NAMES_MESH: &str = "LOOPMESH_DNS_SHORT_NAMES_MESH";
 
 /// One row of the README's configuration table: name, default, rule.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +89,11 @@ pub const VARIABLES: &[Variable] = &[
         default: "",
         rule: "comma-separated ECS cluster names or ARNs; empty watches every cluster",
     },
+    Variable {
+        name: DNS_SHORT_NAMES_MESH,
+        default: "default",
+        rule: "a mesh name (one DNS label): the mesh whose services get <service>.<domain>; other meshes get <service>.<mesh>.<domain>",
+    },
 ];
 
 /// Validated settings. Construct with [`Settings::from_env`] or [`Settings::from_lookup`].
@@ -107,6 +113,9 @@ pub struct Settings {
     /// Empty means every cluster.
     pub clusters: Vec<String>,
     pub dns_full_audit_interval: Duration,
+    /// The mesh whose `kuma.io/service` services get `<service>.<domain>`;
+    /// every other mesh's get `<service>.<mesh>.<domain>`.
+    pub short_names_mesh: String,
 }
 
 /// The four address pools, one per kind of service.
@@ -253,6 +262,13 @@ impl Settings {
         let service_deletion_grace = r.read(SERVICE_DELETION_GRACE, parse_duration);
         let dns_full_audit_interval = r.read(DNS_FULL_AUDIT_INTERVAL, parse_duration);
         let quarantine_set = (r.lookup)(VIP_QUARANTINE).filter(|v| !v.trim().is_empty());
+        let short_names_mesh = r.read(DNS_SHORT_NAMES_MESH, |v| {
+            if !v.contains('.') && crate::dns_name::validate(v).is_ok() {
+                Ok(v.to_owned())
+            } else {
+                Err("a mesh name that is one DNS label (letters, digits, '-', '_')".into())
+            }
+        });
         let clusters = (r.lookup)(CLUSTERS)
             .map(|v| v.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
@@ -308,6 +324,7 @@ impl Settings {
             service_deletion_grace,
             vip_quarantine,
             dns_full_audit_interval,
+            short_names_mesh,
         ) {
             (
                 Some(dns_domain),
@@ -320,6 +337,7 @@ impl Settings {
                 Some(service_deletion_grace),
                 Some(vip_quarantine),
                 Some(dns_full_audit_interval),
+                Some(short_names_mesh),
             ) => Ok(Self {
                 dns_domain,
                 vip_port,
@@ -333,6 +351,7 @@ impl Settings {
                 vip_quarantine,
                 clusters,
                 dns_full_audit_interval,
+                short_names_mesh,
             }),
             _ => unreachable!("every missing value recorded an error"),
         }
@@ -579,5 +598,14 @@ mod tests {
     fn clusters_are_a_list() {
         let s = settings(&[(CLUSTERS, "prod, arn:aws:ecs:us-east-1:1:cluster/stage,")]).unwrap();
         assert_eq!(s.clusters, ["prod", "arn:aws:ecs:us-east-1:1:cluster/stage"]);
+    }
+
+    #[test]
+    fn the_short_names_mesh_is_one_label() {
+        assert_eq!(settings(&[]).unwrap().short_names_mesh, "default");
+        assert_eq!(settings(&[(DNS_SHORT_NAMES_MESH, "prod")]).unwrap().short_names_mesh, "prod");
+        let errs = violations(&[(DNS_SHORT_NAMES_MESH, "a.b")]);
+        assert_eq!((errs[0].variable, errs[0].value.as_str()), (DNS_SHORT_NAMES_MESH, "a.b"));
+        assert!(errs[0].rule.contains("one DNS label"), "{}", errs[0].rule);
     }
 }

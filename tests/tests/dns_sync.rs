@@ -229,3 +229,25 @@ async fn zones_that_cannot_hold_the_names_are_refused_by_name() {
         assert!(msg.contains(zone.as_str()) && msg.contains(want), "{msg}");
     }
 }
+
+#[tokio::test]
+async fn two_meshes_sharing_a_zone_never_take_each_others_names() {
+    let bed = bed("twomeshes").await;
+    // dev registers first; in a first-come scheme it would take the short names.
+    seed_services(&bed.client, &bed.table, "dev", 2, NOW - 100).await;
+    seed_services(&bed.client, &bed.table, "default", 2, NOW).await;
+    let proxy = Route53Proxy::start(&endpoint(), Limits::default()).await;
+    let report = syncer(&bed.settings, &proxy.url).await.run(Trigger::Changed, NOW).await.unwrap();
+    assert_eq!((report.applied, report.conflicts), (4, 0), "{report:?}");
+    let names: Vec<String> = a_records(&bed.zone).await.into_keys().collect();
+    let d = &bed.domain;
+    assert_eq!(
+        names,
+        [
+            format!("svc-00000.dev.{d}"),
+            format!("svc-00000.{d}"),
+            format!("svc-00001.dev.{d}"),
+            format!("svc-00001.{d}")
+        ]
+    );
+}

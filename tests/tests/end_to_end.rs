@@ -81,7 +81,8 @@ async fn events_to_names_to_traffic_through_the_sidecar() {
     registrar.handle(&running(&redis_td, "redis1", 41, 2), now).await.unwrap();
     sync.run(Trigger::Changed, now).await.unwrap();
     let records = a_records(&zone).await;
-    let redis_vip: Ipv4Addr = records["redis.mesh.local"][0].parse().unwrap();
+    // A mesh other than the short-names one (`default`) publishes <service>.<mesh>.<domain>.
+    let redis_vip: Ipv4Addr = records[&format!("redis.{mesh}.mesh.local")][0].parse().unwrap();
     let redis_at = SocketAddr::from((redis_vip, settings.vip_port));
 
     // The demo app's sidecar, reading the table through a forwarder we can cut.
@@ -105,7 +106,7 @@ async fn events_to_names_to_traffic_through_the_sidecar() {
     let pid = sidecar.id();
     let mut sidecar = ChildGuard(sidecar);
     eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
-    assert_eq!(ask(redis_at).await, "redis-1", "redis.mesh.local:8080 reaches the redis task");
+    assert_eq!(ask(redis_at).await, "redis-1", "redis.<mesh>.mesh.local:8080 reaches the redis task");
 
     // Scaled to three: new connections spread over all of them.
     let _redis_2 = task_server(Ipv4Addr::new(127, 0, 0, 42), "redis-2").await;
@@ -133,7 +134,7 @@ async fn events_to_names_to_traffic_through_the_sidecar() {
     let _api = task_server(Ipv4Addr::new(127, 0, 0, 44), "api-1").await;
     registrar.handle(&running(&api_td, "api1", 44, 2), now).await.unwrap();
     sync.run(Trigger::Changed, now).await.unwrap();
-    let api_vip: Ipv4Addr = a_records(&zone).await["api.mesh.local"][0].parse().unwrap();
+    let api_vip: Ipv4Addr = a_records(&zone).await[&format!("api.{mesh}.mesh.local")][0].parse().unwrap();
     let api_at = SocketAddr::from((api_vip, settings.vip_port));
     eventually("the api listener", WAIT, || std::net::TcpStream::connect(api_at).is_ok()).await;
     assert_eq!(ask(api_at).await, "api-1");
@@ -145,7 +146,7 @@ async fn events_to_names_to_traffic_through_the_sidecar() {
     let later = now + settings.service_deletion_grace.as_secs() + 1;
     let report = sync.run(Trigger::Schedule, later).await.unwrap();
     assert_eq!(report.collected, 1, "{report:?}");
-    assert!(!a_records(&zone).await.contains_key("api.mesh.local"));
+    assert!(!a_records(&zone).await.contains_key(&format!("api.{mesh}.mesh.local")));
     eventually("the api listener closed", WAIT, || std::net::TcpStream::connect(api_at).is_err()).await;
     let ledger = DynamoVipLedger::new(client.clone(), &table);
     let pool = VipPool::new(format!("{}/30", Ipv4Addr::from(u32::from(api_vip) & !3)).parse().unwrap()).unwrap();

@@ -47,6 +47,8 @@ pub struct NameSettings {
     /// names and of generators that name no zone.
     pub default_zone: Option<HostedZoneId>,
     pub ttl: u32,
+    /// The mesh whose services get `<service>.<domain>` (see [`names_of`]).
+    pub short_names_mesh: String,
 }
 
 /// Every record the services want.
@@ -87,11 +89,20 @@ fn names_of(
     let target = match svc.key.kind {
         ServiceKind::Service => {
             let Some(zone) = &settings.default_zone else { return Vec::new() };
-            let base = format!("{}.{}", svc.key.name, settings.domain).to_ascii_lowercase();
-            let mut names = vec![(zone.clone(), base.clone())];
+            // One zone holds every mesh's names, but a VIP means something
+            // only inside its mesh. The short `<service>.<domain>` belongs to
+            // one configured mesh (Kuma's `default`, Kong's example's mesh);
+            // every other mesh publishes `<service>.<mesh>.<domain>`. So two
+            // meshes never contend for a name on arrival order.
+            let domain = if settings.short_names_mesh == svc.key.mesh {
+                settings.domain.clone()
+            } else {
+                format!("{}.{}", svc.key.mesh, settings.domain)
+            };
+            let mut names = vec![(zone.clone(), format!("{}.{domain}", svc.key.name).to_ascii_lowercase())];
             if svc.key.name.contains('_') {
-                let dotted = format!("{}.{}", svc.key.name.replace('_', "."), settings.domain).to_ascii_lowercase();
-                names.push((zone.clone(), dotted));
+                let dotted = format!("{}.{domain}", svc.key.name.replace('_', "."));
+                names.push((zone.clone(), dotted.to_ascii_lowercase()));
             }
             return names;
         }
@@ -139,7 +150,30 @@ mod tests {
     use crate::model::{Resource, parse_one};
 
     fn settings() -> NameSettings {
-        NameSettings { domain: "mesh.local".into(), default_zone: Some(HostedZoneId::parse("ZDEF").unwrap()), ttl: 60 }
+        NameSettings {
+            domain: "mesh.local".into(),
+            default_zone: Some(HostedZoneId::parse("ZDEF").unwrap()),
+            ttl: 60,
+            short_names_mesh: "default".into(),
+        }
+    }
+
+    #[test]
+    fn two_meshes_with_one_service_name_get_distinct_names() {
+        let mut prod = svc(ServiceKind::Service, "redis", 7, 0, &[]);
+        let mut dev = svc(ServiceKind::Service, "redis", 7, 0, &[]);
+        prod.key = ServiceKey::new("default", ServiceKind::Service, "redis");
+        dev.key = ServiceKey::new("dev", ServiceKind::Service, "redis");
+        // Whichever registers first, the short name is the short-names mesh's.
+        for order in [vec![dev.clone(), prod.clone()], vec![prod.clone(), dev.clone()]] {
+            let d = desired(&order, &[], &settings());
+            let names: Vec<_> = d.records.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(names, ["redis.dev.mesh.local", "redis.mesh.local"]);
+            assert!(d.collisions.is_empty(), "{:?}", d.collisions);
+        }
+        let other = NameSettings { short_names_mesh: "prod".into(), ..settings() };
+        let d = desired(&[prod], &[], &other);
+        assert_eq!(d.records[0].name, "redis.default.mesh.local");
     }
 
     fn svc(kind: ServiceKind, name: &str, last: u8, at: UnixSeconds, labels: &[(&str, &str)]) -> NamedService {

@@ -184,6 +184,7 @@ impl SyncSettings {
                 domain: s.dns_domain.clone(),
                 default_zone: s.hosted_zone_id.clone(),
                 ttl: u32::try_from(s.record_ttl.as_secs()).unwrap_or(u32::MAX),
+                short_names_mesh: s.short_names_mesh.clone(),
             },
             max_rps: s.route53_max_rps,
             grace: s.service_deletion_grace.as_secs(),
