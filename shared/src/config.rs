@@ -162,7 +162,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.variable, self.value, self.rule)
+        write!(f, "{}={}: {}", self.variable, crate::excerpt::quoted(&self.value), self.rule)
     }
 }
 

@@ -23,11 +23,15 @@ impl fmt::Display for DnsNameError {
             Self::Empty => write!(f, "the name is empty"),
             Self::TooLong(n) => write!(f, "the name is {n} characters long, more than 253"),
             Self::EmptyLabel => write!(f, "the name has an empty label (a leading, trailing or double dot)"),
-            Self::LabelTooLong(l) => write!(f, "label {l:?} is longer than 63 characters"),
+            Self::LabelTooLong(l) => write!(f, "label {} is longer than 63 characters", crate::excerpt::quoted(l)),
             Self::BadCharacter(l, c) => {
-                write!(f, "label {l:?} has {c:?}; labels hold only letters, digits, '-' and '_'")
+                write!(
+                    f,
+                    "label {} has {c:?}; labels hold only letters, digits, '-' and '_'",
+                    crate::excerpt::quoted(l)
+                )
             }
-            Self::HyphenAtEdge(l) => write!(f, "label {l:?} starts or ends with '-'"),
+            Self::HyphenAtEdge(l) => write!(f, "label {} starts or ends with '-'", crate::excerpt::quoted(l)),
         }
     }
 }

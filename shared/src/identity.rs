@@ -47,17 +47,23 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// Allows the Dataplane, or says why not.
-pub fn check(role_tags: &BTreeMap<String, String>, dataplane: &Dataplane) -> Result<(), Refusal> {
+/// What the role alone decides, before any Dataplane is read: it must be a
+/// dataplane role of one mesh. Returns that mesh.
+pub fn check_role(role_tags: &BTreeMap<String, String>) -> Result<&str, Refusal> {
     let kind = role_tags.get(TYPE_TAG).ok_or(Refusal::MissingType)?;
     match kind.as_str() {
         "dataplane" => {}
         "ingress" | "egress" => return Err(Refusal::NotADataplaneRole(kind.clone())),
         other => return Err(Refusal::UnknownType(other.to_owned())),
     }
-    let mesh = role_tags.get(MESH_TAG).ok_or(Refusal::MissingMesh)?;
-    if *mesh != dataplane.mesh {
-        return Err(Refusal::WrongMesh { role: mesh.clone(), dataplane: dataplane.mesh.clone() });
+    role_tags.get(MESH_TAG).map(String::as_str).ok_or(Refusal::MissingMesh)
+}
+
+/// Allows the Dataplane, or says why not.
+pub fn check(role_tags: &BTreeMap<String, String>, dataplane: &Dataplane) -> Result<(), Refusal> {
+    let mesh = check_role(role_tags)?;
+    if mesh != dataplane.mesh {
+        return Err(Refusal::WrongMesh { role: mesh.to_owned(), dataplane: dataplane.mesh.clone() });
     }
     if let Some(service) = role_tags.get(SERVICE_TAG) {
         for (index, ib) in dataplane.inbounds.iter().enumerate() {

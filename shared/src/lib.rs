@@ -7,7 +7,8 @@
 //! - [`model`]: the resources operators write (Dataplane, Mesh, MeshService,
 //!   MeshExternalService, MeshMultiZoneService, HostnameGenerator), parsed from
 //!   YAML or JSON with field-path errors.
-//! - [`template`]: HostnameGenerator templates; [`dns_name`]: DNS name rules.
+//! - [`template`]: HostnameGenerator templates; [`dns_name`]: DNS name rules;
+//!   [`excerpt`]: how messages quote outside text (a bounded prefix).
 //! - [`identity`]: which Dataplanes a task role's `kuma.io/*` tags allow.
 //! - [`vip`]: VIP pools and the allocator, written against the [`vip::VipLedger`] port.
 //! - [`registration`]: what task-events does with an ECS task state change,
@@ -27,6 +28,7 @@ pub mod aws;
 pub mod config;
 pub mod dns;
 pub mod dns_name;
+pub mod excerpt;
 pub mod identity;
 pub mod model;
 pub mod registration;

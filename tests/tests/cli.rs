@@ -162,6 +162,24 @@ async fn of_two_concurrent_applies_one_wins_and_the_other_is_told() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_identical_applies_all_succeed() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "cli-same").await;
+    let ledger = loopmesh_shared::store::dynamo::DynamoVipLedger::new(client.clone(), &table);
+    let store = DynamoResources::new(client, &table);
+    let pools = loopmesh_shared::config::Settings::default().pools;
+    let docs = parse_documents_with_text("type: Mesh\nname: same\nmeshServices:\n  mode: Exclusive\n");
+    let (resource, yaml) = (docs[0].0.as_ref().unwrap(), &docs[0].1);
+    let now = unix_now();
+    let applies = (0..8).map(|_| store.apply(&ledger, &pools, resource, yaml, now));
+    let results = futures::future::join_all(applies).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of 8 failed: {failed:?}", failed.len());
+    let stored = store.get(resource.kind(), Some("same"), "same").await.unwrap().unwrap();
+    assert_eq!(stored.version, 1, "written once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_registrations_and_shows_refusals() {
     let table = fresh_table(&dynamo_client().await, "cli-status").await;
     let settings = settings(&table, &[]);

@@ -304,3 +304,55 @@ async fn a_template_that_names_another_address_than_the_tasks_is_refused() {
     assert!(bed.endpoints("default").await.is_empty(), "nothing is published");
     assert_eq!(bed.refusals().await, [reason], "loopmesh status shows why");
 }
+
+/// A task definition whose sidecar carries `template` as its Dataplane.
+async fn task_definition_with_template(role_arn: &str, template: &str) -> String {
+    use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair};
+    let ecs = aws_sdk_ecs::Client::new(&loopmesh_tests::sdk_config().await);
+    let sidecar = ContainerDefinition::builder()
+        .name("loopmesh-sidecar")
+        .image("loopmesh/sidecar:latest")
+        .memory(128)
+        .environment(
+            KeyValuePair::builder()
+                .name(loopmesh_shared::registration::sidecar_spec::TEMPLATE_ENV)
+                .value(template)
+                .build(),
+        )
+        .command("run")
+        .build();
+    let out = ecs
+        .register_task_definition()
+        .family(format!("hostile-{}", loopmesh_tests::unique()))
+        .network_mode(aws_sdk_ecs::types::NetworkMode::Awsvpc)
+        .container_definitions(sidecar)
+        .task_role_arn(role_arn)
+        .send()
+        .await
+        .unwrap();
+    out.task_definition().unwrap().task_definition_arn().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn hostile_templates_fail_fast_and_the_role_decides_first() {
+    let bed = bed("te-hostile").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let nested = format!(
+        "type: Dataplane\nname: x\nmesh: default\nnetworking:\n  address: 10.0.1.10\n  inbound: {}{}\n",
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    // A role with no kuma.io tags: refused on the role alone, the template unread.
+    let untagged = role(&[]).await;
+    let td = task_definition_with_template(&untagged, &nested).await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    assert!(matches!(&out, Outcome::Refused { reason } if reason.contains("no kuma.io/type tag")), "{out:?}");
+    // A dataplane role: the template is refused by its depth, in one line.
+    let tagged = role(&[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default")]).await;
+    let td = task_definition_with_template(&tagged, &nested).await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t2", "10.0.1.11", 3), NOW).await.unwrap();
+    let Outcome::Refused { reason } = out else { panic!("{out:?}") };
+    assert!(reason.contains("nests deeper than 32 levels"), "{reason}");
+    assert!(reason.len() < 600, "a bounded message: {} bytes", reason.len());
+    assert!(bed.endpoints("default").await.is_empty());
+}

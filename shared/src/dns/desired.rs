@@ -61,7 +61,10 @@ pub fn desired(services: &[NamedService], generators: &[HostnameGenerator], sett
         for (zone, name) in names_of(svc, generators, settings, &mut out.errors) {
             match dns_name::validate(&name) {
                 Ok(()) => candidates.push((zone, name, svc)),
-                Err(e) => out.errors.push((svc.key.clone(), format!("name {name:?} is not a valid DNS name: {e}"))),
+                Err(e) => out.errors.push((
+                    svc.key.clone(),
+                    format!("name {} is not a valid DNS name: {e}", crate::excerpt::quoted(&name)),
+                )),
             }
         }
     }

@@ -681,7 +681,7 @@ fn judge(change: &Change, messages: &[String], out: &mut Applied) {
             reason: "a record loopmesh did not create holds this name; it is left untouched".into(),
         }),
         _ => {
-            tracing::warn!(change = %change, reason = %bounded(&text), "Route53 refused a change; retried next run");
+            tracing::warn!(change = %change, reason = %crate::excerpt::cut(&text, crate::excerpt::RULE_CHARS), "Route53 refused a change; retried next run");
             out.failed.push(change.clone());
         }
     }
@@ -728,14 +728,6 @@ fn settled(batch: &[Change], outcome: &Applied) -> (Vec<Ledgered>, Vec<Record>) 
         }
     }
     (entries, removed)
-}
-
-/// At most 200 characters of a text that came from outside, for logs and errors.
-fn bounded(text: &str) -> String {
-    match text.char_indices().nth(200) {
-        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
-        None => text.to_owned(),
-    }
 }
 
 #[derive(Debug, Default)]
@@ -794,19 +786,21 @@ pub fn trigger_of(payload: &serde_json::Value) -> Result<Trigger, String> {
     if let Some(records) = payload.get("Records").and_then(|r| r.as_array()) {
         return match records.first().and_then(|r| r.get("eventSource")).and_then(|s| s.as_str()) {
             Some("aws:dynamodb") | None => Ok(Trigger::Changed),
-            Some(other) => Err(format!("Records[0].eventSource: {other:?} is not aws:dynamodb")),
+            Some(other) => {
+                Err(format!("Records[0].eventSource: {} is not aws:dynamodb", crate::excerpt::quoted(other)))
+            }
         };
     }
     if let Some(kind) = payload.get("detail-type").and_then(|d| d.as_str()) {
         return match kind {
             "Scheduled Event" => Ok(Trigger::Schedule),
-            other => Err(format!("detail-type: {other:?} is not \"Scheduled Event\"")),
+            other => Err(format!("detail-type: {} is not \"Scheduled Event\"", crate::excerpt::quoted(other))),
         };
     }
     match payload.get("trigger").and_then(|t| t.as_str()) {
         Some("schedule") => Ok(Trigger::Schedule),
         Some("changed") => Ok(Trigger::Changed),
-        Some(other) => Err(format!("trigger: {other:?} is not \"schedule\" or \"changed\"")),
+        Some(other) => Err(format!("trigger: {} is not \"schedule\" or \"changed\"", crate::excerpt::quoted(other))),
         None => Err("expected a DynamoDB stream batch (Records), an EventBridge Scheduled Event (detail-type), or {\"trigger\": \"schedule\"}".into()),
     }
 }

@@ -175,9 +175,10 @@ pub(super) fn single_value(text: &str) -> Result<serde_yaml_ng::Value, Validatio
 
 /// Splits into non-empty documents; a syntax error names its document and line.
 fn split_values(text: &str) -> Result<Vec<serde_yaml_ng::Value>, (usize, ValidationErrors)> {
+    super::limits::check(text).map_err(|rule| (1, ValidationErrors::single("", rule)))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let super::limits::UniqueKeys(json) = serde_json::from_str(text).map_err(|e| {
             (1, ValidationErrors::single("", format!("invalid JSON at line {} column {}: {e}", e.line(), e.column())))
         })?;
         let items = match json {

@@ -9,6 +9,7 @@
 mod dataplane;
 mod document;
 mod hostname_generator;
+pub mod limits;
 mod mesh;
 mod services;
 mod tags;

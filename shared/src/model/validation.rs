@@ -9,7 +9,13 @@ pub struct ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { f.write_str(&self.rule) } else { write!(f, "{}: {}", self.path, self.rule) }
+        // Rules quote what the operator wrote; a hostile value stays a line.
+        let rule = crate::excerpt::cut(&self.rule, crate::excerpt::RULE_CHARS);
+        if self.path.is_empty() {
+            f.write_str(&rule)
+        } else {
+            write!(f, "{}: {rule}", crate::excerpt::cut(&self.path, crate::excerpt::VALUE_CHARS))
+        }
     }
 }
 
@@ -58,6 +64,6 @@ pub fn validate_resource_name(errors: &mut ValidationErrors, path: &str, name: &
     } else if name.len() > 253 {
         errors.push(path, "at most 253 characters");
     } else if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')) {
-        errors.push(path, format!("{name:?} may hold only a-z, 0-9, '-', '.' and '_'"));
+        errors.push(path, format!("{} may hold only a-z, 0-9, '-', '.' and '_'", crate::excerpt::quoted(name)));
     }
 }

@@ -128,11 +128,14 @@ pub fn parse(raw: &serde_json::Value) -> Result<TaskEvent, ValidationErrors> {
     if envelope.source != SOURCE {
         errors.push(
             "source",
-            format!("{:?} is not {SOURCE:?}; this function takes ECS task state changes", envelope.source),
+            format!(
+                "{} is not {SOURCE:?}; this function takes ECS task state changes",
+                crate::excerpt::quoted(&envelope.source)
+            ),
         );
     }
     if envelope.detail_type != DETAIL_TYPE {
-        errors.push("detail-type", format!("{:?} is not {DETAIL_TYPE:?}", envelope.detail_type));
+        errors.push("detail-type", format!("{} is not {DETAIL_TYPE:?}", crate::excerpt::quoted(&envelope.detail_type)));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -155,7 +158,7 @@ pub fn from_detail(d: EcsTaskStateChange) -> Result<TaskEvent, ValidationErrors>
         ("detail.taskDefinitionArn", &d.task_definition_arn, ":task-definition/"),
     ] {
         if !value.starts_with("arn:") || !value.contains(rule) {
-            errors.push(field, format!("{value:?} is not an ECS ARN containing {rule:?}"));
+            errors.push(field, format!("{} is not an ECS ARN containing {rule:?}", crate::excerpt::quoted(value)));
         }
     }
     let state = match (d.last_status.as_str(), d.desired_status.as_str()) {
@@ -199,7 +202,7 @@ fn task_address(d: &EcsTaskStateChange, errors: &mut ValidationErrors) -> Option
     match raw.parse() {
         Ok(ip) => Some(ip),
         Err(_) => {
-            errors.push(path, format!("{raw:?} is not an IP address"));
+            errors.push(path, format!("{} is not an IP address", crate::excerpt::quoted(&raw)));
             None
         }
     }

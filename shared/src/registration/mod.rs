@@ -259,6 +259,19 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
             tracing::debug!(task = %ev.task_arn, task_definition = %td.arn, "no sidecar container; skipped");
             return Ok(Outcome::NoSidecar);
         };
+        // The role decides first: a task whose role cannot register anything
+        // costs no template parse.
+        let Some(role) = td.task_role_arn.as_deref() else {
+            let reason =
+                "the task definition has no task role; loopmesh identifies a task by its role's kuma.io/* tags";
+            return self.refuse(ev, None, reason.into(), now).await;
+        };
+        let Some(tags) = self.role_tags(role, now).await? else {
+            return self.refuse(ev, None, format!("the task role {role} does not exist"), now).await;
+        };
+        if let Err(refusal) = identity::check_role(&tags) {
+            return self.refuse(ev, None, refusal.to_string(), now).await;
+        }
         let address = ev.address.map(|a| a.to_string());
         let rendered =
             spec.vars_for_task(&ev.task_id, address.as_deref()).and_then(|v| render_dataplane(&spec.template, &v));
@@ -274,14 +287,6 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
         if let Some(reason) = address_refusal(&dp.address, address.as_deref(), &spec.container) {
             return self.refuse(ev, Some(&dp.mesh), reason, now).await;
         }
-        let Some(role) = td.task_role_arn.as_deref() else {
-            let reason =
-                "the task definition has no task role; loopmesh identifies a task by its role's kuma.io/* tags";
-            return self.refuse(ev, Some(&dp.mesh), reason.into(), now).await;
-        };
-        let Some(tags) = self.role_tags(role, now).await? else {
-            return self.refuse(ev, Some(&dp.mesh), format!("the task role {role} does not exist"), now).await;
-        };
         if let Err(refusal) = identity::check(&tags, &dp) {
             return self.refuse(ev, Some(&dp.mesh), refusal.to_string(), now).await;
         }

@@ -177,8 +177,18 @@ impl DynamoResources {
         if current.as_ref().is_some_and(|c| c.doc == doc) {
             return Ok(applied(Change::Unchanged, expected));
         }
-        let version = self.put(resource, mesh.as_deref(), doc, expected, declared.as_ref().zip(vip), now).await?;
-        Ok(applied(if expected == 0 { Change::Created } else { Change::Updated }, version))
+        match self.put(resource, mesh.as_deref(), doc, expected, declared.as_ref().zip(vip), now).await {
+            Ok(version) => Ok(applied(if expected == 0 { Change::Created } else { Change::Updated }, version)),
+            // Someone wrote meanwhile; if they wrote exactly this, the apply
+            // has nothing left to do (concurrent identical applies all succeed).
+            Err(stale @ WriteError::Stale { .. }) => {
+                match self.get(resource.kind(), mesh.as_deref(), resource.name()).await? {
+                    Some(now_stored) if now_stored.doc == doc => Ok(applied(Change::Unchanged, now_stored.version)),
+                    _ => Err(stale),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes `resource` as version `expected + 1` (`expected == 0`: it must
