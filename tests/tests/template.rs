@@ -56,3 +56,30 @@ fn no_route53_or_dynamodb_write_action_has_a_star_resource() {
     }
     assert!(writes >= 5, "expected the functions' write actions, found {writes}");
 }
+
+#[test]
+fn every_function_has_its_own_role_and_logs_only_to_its_own_group() {
+    let template: Value = serde_yaml_ng::from_str(loopmesh_shared::store::table::TEMPLATE).expect("template parses");
+    let resources = template.get("Resources").and_then(Value::as_mapping).expect("Resources");
+    let mut functions = 0;
+    for (name, r) in resources {
+        if r.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        functions += 1;
+        let props = r.get("Properties").expect("Properties");
+        // Without a Role, SAM adds AWSLambdaBasicExecutionRole: logs on every group.
+        assert!(props.get("Role").is_some(), "{name:?} has no Role of its own");
+        assert!(props.get("Policies").is_none(), "{name:?}: policies belong on its role");
+        assert!(props.get("LoggingConfig").is_some(), "{name:?} names its log group");
+    }
+    assert_eq!(functions, 3);
+    let mut all = Vec::new();
+    statements(&template, &mut all);
+    let logs: Vec<&Value> =
+        all.iter().filter(|st| strings(st.get("Action")).iter().any(|a| a.starts_with("logs:"))).collect();
+    assert_eq!(logs.len(), 3, "one logs statement per function");
+    for st in logs {
+        assert!(!strings(st.get("Resource")).iter().any(|r| r == "*"), "logs on *: {st:?}");
+    }
+}
