@@ -40,11 +40,15 @@ pub async fn private_zone(domain: &str) -> HostedZoneId {
 
 /// A syncer whose Route53 calls go to `route53_url` (the limit proxy).
 pub async fn syncer(settings: &Settings, route53_url: &str) -> LiveSyncer {
-    let sdk = sdk_config().await;
-    let conf = client_config(&sdk).to_builder().endpoint_url(route53_url).build();
+    syncer_with(settings, &sdk_config().await, route53_url)
+}
+
+/// A syncer whose clients use `sdk` (another endpoint, other timeouts), with Route53 at `route53_url`.
+pub fn syncer_with(settings: &Settings, sdk: &aws_config::SdkConfig, route53_url: &str) -> LiveSyncer {
+    let conf = client_config(sdk).to_builder().endpoint_url(route53_url).build();
     Syncer::new(
         Route53::new(aws_sdk_route53::Client::from_conf(conf)),
-        DynamoDnsStore::new(aws_sdk_dynamodb::Client::new(&sdk), &settings.table_name),
+        DynamoDnsStore::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table_name),
         SyncSettings::from_settings(settings),
     )
 }

@@ -22,7 +22,12 @@ pub type LiveRegistrar = Registrar<EcsTaskDefinitions, IamRoleTags, DynamoRegist
 
 /// A registrar on fresh clients, as one Lambda execution environment has.
 pub async fn registrar(settings: &Settings) -> LiveRegistrar {
-    let config = sdk_config().await;
+    registrar_with(settings, &sdk_config().await)
+}
+
+/// A registrar whose clients use `config` (another endpoint, other timeouts).
+pub fn registrar_with(settings: &Settings, config: &aws_config::SdkConfig) -> LiveRegistrar {
+    let config = config.clone();
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
     Registrar::new(
         settings.clone(),
@@ -115,5 +120,92 @@ pub fn event(fixture: &str, task_definition_arn: &str, task_id: &str, address: &
         c["networkInterfaces"][0]["privateIpv4Address"] = address.into();
     }
     ev["resources"] = serde_json::json!([task_arn]);
+    ev
+}
+
+/// Keeps emulated tasks RUNNING until stopped: by default the emulator moves
+/// a task one step towards STOPPED each time it is described.
+pub async fn tasks_stay_running() {
+    let body = r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000000}}"#;
+    let (status, _) =
+        post(&format!("{}/moto-api/state-manager/set-transition", super::endpoint()), "application/json", None, body)
+            .await;
+    assert!((200..300).contains(&status), "set-transition: {status}");
+}
+
+/// A subnet of the emulator's default VPC, asked with EC2's query API (the
+/// workspace has no EC2 SDK; the emulator picks the service from the
+/// credential scope).
+pub async fn default_subnet() -> String {
+    let auth =
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0";
+    let (_, text) = post(
+        &super::endpoint(),
+        "application/x-www-form-urlencoded",
+        Some(auth),
+        "Action=DescribeSubnets&Version=2016-11-15",
+    )
+    .await;
+    let start = text.find("<subnetId>").unwrap_or_else(|| panic!("no subnet in {text}")) + "<subnetId>".len();
+    text[start..].split('<').next().unwrap_or_default().to_owned()
+}
+
+async fn post(url: &str, content_type: &str, authorization: Option<&str>, body: &'static str) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::post(url).header("content-type", content_type);
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let req = req.body(Full::new(bytes::Bytes::from_static(body.as_bytes()))).expect("request");
+    let response = client.request(req).await.expect("emulator answers");
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Runs `count` Fargate tasks of `task_definition` in `cluster`; returns them.
+pub async fn run_tasks(cluster: &str, task_definition: &str, count: i32) -> Vec<aws_sdk_ecs::types::Task> {
+    use aws_sdk_ecs::types::{AssignPublicIp, AwsVpcConfiguration, LaunchType, NetworkConfiguration};
+    let ecs = aws_sdk_ecs::Client::new(&sdk_config().await);
+    let network = NetworkConfiguration::builder()
+        .awsvpc_configuration(
+            AwsVpcConfiguration::builder()
+                .subnets(default_subnet().await)
+                .security_groups("sg-0123456789abcdef0")
+                .assign_public_ip(AssignPublicIp::Disabled)
+                .build()
+                .expect("awsvpc configuration"),
+        )
+        .build();
+    let out = ecs
+        .run_task()
+        .cluster(cluster)
+        .task_definition(task_definition)
+        .launch_type(LaunchType::Fargate)
+        .network_configuration(network)
+        .count(count)
+        .send()
+        .await
+        .expect("run task");
+    out.tasks().to_vec()
+}
+
+/// The Task State Change event ECS would send for `task` in `status`.
+pub fn event_for(task: &aws_sdk_ecs::types::Task, status: &str, version: u64) -> Value {
+    let address = task
+        .attachments()
+        .iter()
+        .flat_map(|a| a.details())
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value())
+        .unwrap_or_default();
+    let fixture = if status == "RUNNING" { "ecs-task-running.json" } else { "ecs-task-stopped.json" };
+    let mut ev = event(fixture, task.task_definition_arn().unwrap_or_default(), "x", address, version);
+    let arn = task.task_arn().unwrap_or_default();
+    ev["detail"]["taskArn"] = arn.into();
+    ev["detail"]["clusterArn"] = task.cluster_arn().unwrap_or_default().into();
+    ev["resources"] = serde_json::json!([arn]);
     ev
 }

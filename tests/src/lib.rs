@@ -119,6 +119,7 @@ impl Intercept for CallCounter {
 
 pub mod dns;
 pub mod ecs;
+pub mod fault_proxy;
 pub mod process;
 pub mod route53_proxy;
 

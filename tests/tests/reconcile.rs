@@ -6,48 +6,12 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_ecs::types::{AssignPublicIp, AwsVpcConfiguration, LaunchType, NetworkConfiguration};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use loopmesh_shared::aws::ecs::EcsRunningTasks;
 use loopmesh_shared::registration::Outcome;
 use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::unix_now;
-use loopmesh_tests::ecs::{event, registrar, role, settings, task_definition};
-use loopmesh_tests::{attr_s, dynamo_client, endpoint, fresh_table, query_prefix, sdk_config, unique};
-
-/// A subnet of the emulator's default VPC, asked with EC2's query API (the
-/// workspace has no EC2 SDK; the emulator picks the service from the
-/// credential scope).
-async fn default_subnet() -> String {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = hyper::Request::post(endpoint())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .body(Full::new(Bytes::from_static(b"Action=DescribeSubnets&Version=2016-11-15")))
-        .unwrap();
-    let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    let start = text.find("<subnetId>").unwrap_or_else(|| panic!("no subnet in {text}")) + "<subnetId>".len();
-    text[start..].split('<').next().unwrap().to_owned()
-}
-
-/// Keeps emulated tasks RUNNING until stopped: by default the emulator moves
-/// a task one step towards STOPPED each time it is described.
-async fn tasks_stay_running() {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let body = r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000000}}"#;
-    let req = hyper::Request::post(format!("{}/moto-api/state-manager/set-transition", endpoint()))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
-    let status = client.request(req).await.unwrap().status();
-    assert!(status.is_success(), "set-transition: {status}");
-}
+use loopmesh_tests::ecs::{default_subnet, event, registrar, role, settings, task_definition, tasks_stay_running};
+use loopmesh_tests::{attr_s, dynamo_client, fresh_table, query_prefix, sdk_config, unique};
 
 /// The task ARNs that have endpoints in `mesh`.
 async fn endpoint_tasks(client: &aws_sdk_dynamodb::Client, table: &str, mesh: &str) -> BTreeSet<String> {

@@ -54,6 +54,11 @@ pub struct ReconcileReport {
     pub ecs_calls: u64,
 }
 
+/// Whether ECS says the task stopped or is on its way there.
+fn is_stopped(t: &EcsTaskStateChange) -> bool {
+    t.last_status == "STOPPED" || t.desired_status == "STOPPED"
+}
+
 /// The cluster of a task ARN (`arn:aws:ecs:r:a:task/<cluster>/<id>`), when it says.
 fn cluster_of(task_arn: &str) -> Option<&str> {
     let rest = task_arn.split_once(":task/")?.1;
@@ -113,15 +118,21 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 report.ecs_calls += 1;
                 let described = ecs.describe(&cluster, chunk).await?;
                 for arn in chunk {
-                    let task = described.iter().find(|t| &t.task_arn == arn).cloned();
-                    let stopped = match task {
+                    let stopped = match described.iter().find(|t| &t.task_arn == arn).cloned() {
                         // ECS no longer knows it: long stopped.
-                        None => Some(self.forgotten(arn, &cluster).await?),
-                        Some(t) => Some(t),
+                        None => self.forgotten(arn, &cluster).await?,
+                        // STOPPED is final: no later state of the task can
+                        // bring it back, so it applies even when the table
+                        // holds a version ECS's answer does not reach.
+                        Some(mut t) if is_stopped(&t) => {
+                            let stored = self.registry.task(arn).await?.map_or(0, |r| r.version);
+                            t.version = t.version.max(stored);
+                            t
+                        }
+                        // Still starting or running after all: its own events decide.
+                        Some(_) => continue,
                     };
-                    if let Some(t) = stopped
-                        && let Some(Outcome::Deregistered { .. }) = self.repair(t, now).await?
-                    {
+                    if let Some(Outcome::Deregistered { .. }) = self.repair(stopped, now).await? {
                         report.removed += 1;
                     }
                 }
