@@ -30,6 +30,7 @@ pub const VIP_QUARANTINE: &str = "LOOPMESH_VIP_QUARANTINE";
 pub const CLUSTERS: &str = "LOOPMESH_CLUSTERS";
 pub const DNS_FULL_AUDIT_INTERVAL: &str = "LOOPMESH_DNS_FULL_AUDIT_INTERVAL";
 pub const DNS_SHORT_NAMES_MESH: &str = "LOOPMESH_DNS_SHORT_NAMES_MESH";
+pub const TASK_EVENTS_FAILURE_QUEUE: &str = "LOOPMESH_TASK_EVENTS_FAILURE_QUEUE";
 
 /// One row of the README's configuration table: name, default, rule.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +95,11 @@ pub const VARIABLES: &[Variable] = &[
         default: "default",
         rule: "a mesh name (one DNS label): the mesh whose services get <service>.<domain>; other meshes get <service>.<mesh>.<domain>",
     },
+    Variable {
+        name: TASK_EVENTS_FAILURE_QUEUE,
+        default: "",
+        rule: "the URL of task-events' on-failure SQS queue, drained by each reconciliation; empty: none",
+    },
 ];
 
 /// Validated settings. Construct with [`Settings::from_env`] or [`Settings::from_lookup`].
@@ -116,6 +122,8 @@ pub struct Settings {
     /// The mesh whose `kuma.io/service` services get `<service>.<domain>`;
     /// every other mesh's get `<service>.<mesh>.<domain>`.
     pub short_names_mesh: String,
+    /// task-events' on-failure destination, drained by the reconciliation.
+    pub failure_queue_url: Option<String>,
 }
 
 /// The four address pools, one per kind of service.
@@ -269,6 +277,8 @@ impl Settings {
                 Err("a mesh name that is one DNS label (letters, digits, '-', '_')".into())
             }
         });
+        let failure_queue_url =
+            (r.lookup)(TASK_EVENTS_FAILURE_QUEUE).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let clusters = (r.lookup)(CLUSTERS)
             .map(|v| v.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
@@ -352,6 +362,7 @@ impl Settings {
                 clusters,
                 dns_full_audit_interval,
                 short_names_mesh,
+                failure_queue_url,
             }),
             _ => unreachable!("every missing value recorded an error"),
         }

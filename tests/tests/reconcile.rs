@@ -83,3 +83,25 @@ async fn lost_events_are_repaired_both_ways_by_the_reconciliation() {
     let want: BTreeSet<String> = arns.iter().filter(|a| **a != stopped).cloned().collect();
     assert_eq!(left, want, "endpoints equal the running tasks");
 }
+
+#[tokio::test]
+async fn the_failure_queue_is_drained_and_each_failure_is_named() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "drain").await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
+    let url = sqs.create_queue().queue_name(format!("failures-{}", unique())).send().await.unwrap();
+    let url = url.queue_url().unwrap().to_owned();
+    for i in 0..13 {
+        let record = serde_json::json!({
+            "requestContext": {"condition": "RetriesExhausted"},
+            "requestPayload": {"detail": {"taskArn": format!("arn:aws:ecs:us-east-1:1:task/c/{i}")}},
+            "responsePayload": {"errorType": "Retryable", "errorMessage": "throttled"},
+        });
+        sqs.send_message().queue_url(&url).message_body(record.to_string()).send().await.unwrap();
+    }
+    let r = registrar(&settings(&table, &[])).await;
+    let queue = loopmesh_shared::aws::sqs::SqsFailedInvocations::new(sqs.clone(), &url);
+    assert_eq!(r.drain_failures(&queue).await.unwrap(), 13);
+    let left = sqs.receive_message().queue_url(&url).max_number_of_messages(10).send().await.unwrap();
+    assert!(left.messages().is_empty(), "the queue is empty");
+}

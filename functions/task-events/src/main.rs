@@ -8,6 +8,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use loopmesh_shared::aws::ecs::{EcsRunningTasks, EcsTaskDefinitions};
 use loopmesh_shared::aws::iam::IamRoleTags;
 use loopmesh_shared::aws::sdk_config;
+use loopmesh_shared::aws::sqs::SqsFailedInvocations;
 use loopmesh_shared::config::Settings;
 use loopmesh_shared::registration::{HandleError, Outcome, Registrar};
 use loopmesh_shared::store::dynamo::{DynamoRegistry, DynamoVipLedger};
@@ -23,6 +24,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
     let table = settings.table_name.clone();
+    let failure_queue = settings.failure_queue_url.clone();
     let registrar: Live = Registrar::new(
         settings,
         EcsTaskDefinitions::new(aws_sdk_ecs::Client::new(&config)),
@@ -30,15 +32,29 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         DynamoRegistry::new(dynamo.clone(), &table),
         DynamoVipLedger::new(dynamo, &table),
     );
-    let ecs = EcsRunningTasks::new(aws_sdk_ecs::Client::new(&config));
-    let (registrar, ecs) = (&registrar, &ecs);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move { handle(registrar, ecs, event).await }))
-        .await
+    let schedule = Schedule {
+        ecs: EcsRunningTasks::new(aws_sdk_ecs::Client::new(&config)),
+        failures: failure_queue.map(|url| SqsFailedInvocations::new(aws_sdk_sqs::Client::new(&config), url)),
+    };
+    let (registrar, schedule) = (&registrar, &schedule);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<Value>| async move { handle(registrar, schedule, event).await },
+    ))
+    .await
 }
 
-async fn handle(registrar: &Live, ecs: &EcsRunningTasks, event: LambdaEvent<Value>) -> Result<Value, Failure> {
+/// What the reconciliation reads besides the table.
+struct Schedule {
+    ecs: EcsRunningTasks,
+    failures: Option<SqsFailedInvocations>,
+}
+
+async fn handle(registrar: &Live, schedule: &Schedule, event: LambdaEvent<Value>) -> Result<Value, Failure> {
     if is_reconcile(&event.payload) {
-        let r = registrar.reconcile(ecs, unix_now()).await.map_err(Failure)?;
+        let mut r = registrar.reconcile(&schedule.ecs, unix_now()).await.map_err(Failure)?;
+        if let Some(queue) = &schedule.failures {
+            r.failures_drained = registrar.drain_failures(queue).await.map_err(Failure)?;
+        }
         return Ok(json!({
             "outcome": "reconciled",
             "clusters": r.clusters,
@@ -49,6 +65,7 @@ async fn handle(registrar: &Live, ecs: &EcsRunningTasks, event: LambdaEvent<Valu
             "unregistered": r.unregistered,
             "malformed": r.malformed,
             "ecs_calls": r.ecs_calls,
+            "failures_drained": r.failures_drained,
         }));
     }
     let outcome = registrar.handle(&event.payload, unix_now()).await.map_err(Failure)?;

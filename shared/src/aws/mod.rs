@@ -4,6 +4,7 @@
 pub mod ecs;
 pub mod iam;
 pub mod route53;
+pub mod sqs;
 
 use std::time::Duration;
 

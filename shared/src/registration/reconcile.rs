@@ -37,6 +37,48 @@ pub trait EcsTasks: Send + Sync {
     ) -> impl Future<Output = Result<Vec<EcsTaskStateChange>, StoreError>> + Send;
 }
 
+/// One task-events invocation that failed after Lambda's retries, as its
+/// on-failure destination received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedInvocation {
+    /// What deletes it from the queue.
+    pub receipt: String,
+    /// The task the event was about, when the record says.
+    pub task_arn: Option<String>,
+    /// The function's last error (`errorType: errorMessage`), bounded.
+    pub error: String,
+}
+
+impl FailedInvocation {
+    /// Reads Lambda's destination record (`requestPayload`, `responsePayload`,
+    /// `requestContext.condition`); an unreadable body is kept as its prefix.
+    pub fn from_record(receipt: String, body: &str) -> Self {
+        let record: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        let task_arn = record["requestPayload"]["detail"]["taskArn"].as_str().map(str::to_owned);
+        let error = match (
+            record["responsePayload"]["errorType"].as_str(),
+            record["responsePayload"]["errorMessage"].as_str(),
+            record["requestContext"]["condition"].as_str(),
+        ) {
+            (Some(t), Some(m), _) => format!("{t}: {m}"),
+            (_, _, Some(condition)) => condition.to_owned(),
+            _ => format!("unreadable record: {}", crate::excerpt::cut(body, crate::excerpt::VALUE_CHARS)),
+        };
+        Self { receipt, task_arn, error: crate::excerpt::cut(&error, crate::excerpt::RULE_CHARS).into_owned() }
+    }
+}
+
+/// The on-failure destination of task-events (an SQS queue).
+pub trait FailedInvocations: Send + Sync {
+    /// Up to 10 records, hidden from other readers for a while.
+    fn receive(&self) -> impl Future<Output = Result<Vec<FailedInvocation>, StoreError>> + Send;
+    fn delete(&self, receipts: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// At most this many failure records are drained per pass, so one pass
+/// stays short even after a long outage; the rest wait for the next.
+const DRAIN_PER_PASS: usize = 500;
+
 /// What one pass found and did, for the log line and the invocation's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -52,6 +94,9 @@ pub struct ReconcileReport {
     /// Tasks ECS described in a shape loopmesh cannot read.
     pub malformed: u64,
     pub ecs_calls: u64,
+    /// Failed invocations read from the on-failure queue, logged and deleted:
+    /// the pass has just repaired whatever they were about.
+    pub failures_drained: u64,
 }
 
 /// Whether ECS says the task stopped or is on its way there.
@@ -152,6 +197,30 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
         Ok(report)
     }
 
+    /// Reads the failed invocations this pass made moot, logs each (task and
+    /// last error) and deletes it. Runs after the comparison with ECS: the
+    /// table now agrees with what runs, whatever those events said.
+    pub async fn drain_failures<Q: FailedInvocations>(&self, queue: &Q) -> Result<u64, HandleError> {
+        let mut drained = 0;
+        while drained < DRAIN_PER_PASS {
+            let batch = queue.receive().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for f in &batch {
+                tracing::warn!(
+                    task = f.task_arn.as_deref().unwrap_or("unknown"),
+                    error = %f.error,
+                    "a task-events invocation failed after Lambda's retries; the reconciliation repaired its task"
+                );
+            }
+            let receipts: Vec<String> = batch.iter().map(|f| f.receipt.clone()).collect();
+            queue.delete(&receipts).await?;
+            drained += batch.len();
+        }
+        Ok(drained as u64)
+    }
+
     /// Acts on one described task as on its event; `None` when ECS described
     /// it in a shape that does not parse (logged, counted, the pass goes on).
     async fn repair(&self, task: EcsTaskStateChange, now: UnixSeconds) -> Result<Option<Outcome>, HandleError> {
@@ -193,6 +262,16 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destination_record_names_its_task_and_error() {
+        let body = r#"{"requestContext":{"condition":"RetriesExhausted"},"requestPayload":{"detail":{"taskArn":"arn:aws:ecs:r:1:task/c/t"}},"responsePayload":{"errorType":"Retryable","errorMessage":"throttled"}}"#;
+        let f = FailedInvocation::from_record("r1".into(), body);
+        assert_eq!(f.task_arn.as_deref(), Some("arn:aws:ecs:r:1:task/c/t"));
+        assert_eq!(f.error, "Retryable: throttled");
+        let junk = FailedInvocation::from_record("r2".into(), &"x".repeat(10_000));
+        assert!(junk.error.starts_with("unreadable record: xxx") && junk.error.len() < 120, "{}", junk.error);
+    }
 
     #[test]
     fn the_cluster_comes_from_a_long_task_arn() {
