@@ -230,3 +230,29 @@ async fn a_run_that_loses_its_lease_stops_writing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(a_records(&zone).await.len(), at_loss, "nothing was written after the lease was lost");
 }
+
+#[tokio::test]
+async fn a_route53_that_hangs_fails_the_run_and_frees_the_lease() {
+    let (client, table, _zone, _, settings) = bed("r53hang").await;
+    seed_services(&client, &table, "default", 3, NOW).await;
+    let silent = loopmesh_tests::process::Forwarder::start(&endpoint()).await;
+    silent.hang();
+    // Short timeouts, as the real ones (10 s an attempt, 30 s a call) but quicker.
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_millis(800))
+                .operation_timeout(Duration::from_secs(3))
+                .build(),
+        )
+        .load()
+        .await;
+    let sync = loopmesh_tests::dns::syncer_with(&settings, &sdk, &silent.url);
+    let started = tokio::time::Instant::now();
+    let err = sync.run(Trigger::Changed, NOW).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20), "the run ended: {:?}", started.elapsed());
+    assert!(err.to_string().to_lowercase().contains("timeout") || err.to_string().contains("timed out"), "{err}");
+    let lease = query_prefix(&client, &table, keys::DNS_PK, "LEASE").await;
+    assert!(lease.iter().all(|i| !i.contains_key(keys::attr::HOLDER)), "the lease is free for the next run");
+}
