@@ -149,6 +149,27 @@ fn serves_a_view_file_with_inbound_admin_and_drains_on_sigterm() {
     std::fs::write(&view_file, "{ not json").unwrap();
     wait_for("the refresh error", || metric(&get(admin, "/metrics").1, "loopmesh_view_refresh_errors_total") >= 1.0);
     assert_eq!(echo_once(second, b"STILL"), b"STILL");
+    // It stays broken for a while, then is fixed: the fix is read on the next
+    // tick, not after a backoff grown by the failures (a file costs nothing to read).
+    wait_for("nine failed refreshes", || metric(&get(admin, "/metrics").1, "loopmesh_view_refresh_failing") >= 9.0);
+    let third = SocketAddr::from(([127, 1, 201, 3], free_port("127.1.201.3")));
+    std::fs::write(
+        &view_file,
+        view_json(&[("redis", first, endpoint), ("api", second, endpoint), ("web", third, endpoint)]),
+    )
+    .unwrap();
+    wait_for("the fixed file's new VIP", || TcpStream::connect(third).is_ok());
+
+    // A client that connects to the admin endpoint and sends nothing is cut
+    // off after the header timeout instead of holding a descriptor forever.
+    let mut idle = TcpStream::connect(admin).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = Vec::new();
+    let end = idle.read_to_end(&mut answer);
+    assert!(
+        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the admin endpoint closes a silent connection: {end:?}"
+    );
 
     // SIGTERM: stop accepting, let the open connection finish, exit 0.
     let mut open = TcpStream::connect(first).unwrap();

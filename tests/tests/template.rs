@@ -83,3 +83,28 @@ fn every_function_has_its_own_role_and_logs_only_to_its_own_group() {
         assert!(!strings(st.get("Resource")).iter().any(|r| r == "*"), "logs on *: {st:?}");
     }
 }
+
+#[test]
+fn route53_writes_are_limited_to_a_records() {
+    let template: Value = serde_yaml_ng::from_str(loopmesh_shared::store::table::TEMPLATE).expect("template parses");
+    let mut all = Vec::new();
+    statements(&template, &mut all);
+    let writes: Vec<&Value> = all
+        .iter()
+        .filter(|st| strings(st.get("Action")).iter().any(|a| a == "route53:ChangeResourceRecordSets"))
+        .collect();
+    assert_eq!(writes.len(), 1);
+    let condition = writes[0].get("Condition").expect("a condition on Route53 writes");
+    let types = condition
+        .get("ForAllValues:StringEquals")
+        .and_then(|c| c.get("route53:ChangeResourceRecordSetsRecordTypes"))
+        .expect("record types");
+    assert_eq!(strings(Some(types)), ["A"]);
+    assert!(
+        condition
+            .get("ForAllValues:StringLike")
+            .and_then(|c| c.get("route53:ChangeResourceRecordSetsNormalizedRecordNames"))
+            .is_some(),
+        "names limited to the mesh domain"
+    );
+}
