@@ -66,7 +66,7 @@ pub const VARIABLES: &[Variable] = &[
         default: "",
         rule: "required when Route53 is enabled; Z123 or /hostedzone/Z123",
     },
-    Variable { name: ROUTE53_REFRESH_INTERVAL, default: "10s", rule: "a duration (500ms, 10s, 1m), at least 1s" },
+    Variable { name: ROUTE53_REFRESH_INTERVAL, default: "10s", rule: "a duration from 100ms to 5m (500ms, 10s, 1m)" },
     Variable { name: TABLE_NAME, default: "loopmesh", rule: "a DynamoDB table name: 3..255 of A-Z a-z 0-9 _ - ." },
     Variable { name: RECORD_TTL, default: "60s", rule: "a duration of whole seconds, 1s..2147483647s" },
     Variable {
@@ -235,8 +235,10 @@ impl Settings {
                 r.fail(ROUTE53_HOSTED_ZONE_ID, "", "required when KMESH_RUNTIME_AWS_ROUTE53_ENABLED=true");
                 None
             }
-            (_, Some(raw)) => match HostedZoneId::parse(&raw) {
-                Ok(id) => Some(id),
+            // Checked even when disabled, so a bad value is named now; used
+            // only when enabled (false means no Route53 call at all).
+            (enabled, Some(raw)) => match HostedZoneId::parse(&raw) {
+                Ok(id) => Some(id).filter(|_| enabled == Some(true)),
                 Err(rule) => {
                     r.fail(ROUTE53_HOSTED_ZONE_ID, &raw, rule);
                     None
@@ -246,8 +248,8 @@ impl Settings {
         };
         let refresh_interval = r.read(ROUTE53_REFRESH_INTERVAL, |v| {
             let d = parse_duration(v)?;
-            if d < Duration::from_secs(1) {
-                return Err("a duration of at least 1s".into());
+            if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                return Err("a duration from 100ms to 5m (500ms, 10s, 1m)".into());
             }
             Ok(d)
         });
@@ -283,13 +285,26 @@ impl Settings {
             .map(|v| v.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
 
-        let pools = match (service, mesh_service, mesh_external_service, mesh_multi_zone_service) {
-            (Some(service), Some(mesh_service), Some(mesh_external_service), Some(mesh_multi_zone_service)) => {
-                let pools = Pools { service, mesh_service, mesh_external_service, mesh_multi_zone_service };
-                for (a, b) in pools.overlapping() {
+        // Overlaps are checked among the pools that parsed, so one bad CIDR
+        // does not hide an overlap between two others.
+        let parsed = [
+            (DNS_SERVER_CIDR, service),
+            (IPAM_MESH_SERVICE_CIDR, mesh_service),
+            (IPAM_MESH_EXTERNAL_SERVICE_CIDR, mesh_external_service),
+            (IPAM_MESH_MULTI_ZONE_SERVICE_CIDR, mesh_multi_zone_service),
+        ];
+        for (i, (a, na)) in parsed.iter().enumerate() {
+            for (b, nb) in &parsed[i + 1..] {
+                if let (Some(na), Some(nb)) = (na, nb)
+                    && (na.contains(&nb.network()) || nb.contains(&na.network()))
+                {
                     r.fail(b, &lookup_or_default(&lookup, b), &format!("must not overlap {a}"));
                 }
-                Some(pools)
+            }
+        }
+        let pools = match (service, mesh_service, mesh_external_service, mesh_multi_zone_service) {
+            (Some(service), Some(mesh_service), Some(mesh_external_service), Some(mesh_multi_zone_service)) => {
+                Some(Pools { service, mesh_service, mesh_external_service, mesh_multi_zone_service })
             }
             _ => None,
         };
@@ -383,29 +398,6 @@ impl Pools {
             MeshExternalService => self.mesh_external_service,
             MeshMultiZoneService => self.mesh_multi_zone_service,
         }
-    }
-
-    fn named(&self) -> [(&'static str, Ipv4Net); 4] {
-        [
-            (DNS_SERVER_CIDR, self.service),
-            (IPAM_MESH_SERVICE_CIDR, self.mesh_service),
-            (IPAM_MESH_EXTERNAL_SERVICE_CIDR, self.mesh_external_service),
-            (IPAM_MESH_MULTI_ZONE_SERVICE_CIDR, self.mesh_multi_zone_service),
-        ]
-    }
-
-    /// Pairs of variables whose CIDRs overlap, the earlier one first.
-    fn overlapping(&self) -> Vec<(&'static str, &'static str)> {
-        let named = self.named();
-        let mut out = Vec::new();
-        for (i, (a, na)) in named.iter().enumerate() {
-            for (b, nb) in &named[i + 1..] {
-                if na.contains(&nb.network()) || nb.contains(&na.network()) {
-                    out.push((*a, *b));
-                }
-            }
-        }
-        out
     }
 }
 
@@ -518,6 +510,24 @@ mod tests {
     }
 
     #[test]
+    fn an_overlap_is_reported_even_when_another_cidr_is_invalid() {
+        let errs =
+            violations(&[(IPAM_MESH_SERVICE_CIDR, "127.1.128.0/17"), (IPAM_MESH_EXTERNAL_SERVICE_CIDR, "10.0.0.0/8")]);
+        let vars: Vec<&str> = errs.iter().map(|e| e.variable).collect();
+        assert_eq!(vars, [IPAM_MESH_SERVICE_CIDR, IPAM_MESH_EXTERNAL_SERVICE_CIDR], "{errs:?}");
+        assert!(errs[0].rule.contains("must not overlap"), "{}", errs[0].rule);
+    }
+
+    #[test]
+    fn route53_disabled_means_disabled_even_with_a_zone_id() {
+        let s = settings(&[(ROUTE53_ENABLED, "false"), (ROUTE53_HOSTED_ZONE_ID, "Z123ABC")]).unwrap();
+        assert!(!s.route53_enabled());
+        assert_eq!(s.hosted_zone_id, None);
+        let errs = violations(&[(ROUTE53_ENABLED, "false"), (ROUTE53_HOSTED_ZONE_ID, "not a zone!")]);
+        assert_eq!(errs[0].variable, ROUTE53_HOSTED_ZONE_ID, "a bad value is named even when disabled");
+    }
+
+    #[test]
     fn vip_port_must_be_unprivileged() {
         for bad in ["80", "1024", "0", "65536", "http"] {
             let errs = violations(&[(DNS_SERVER_SERVICE_VIP_PORT, bad)]);
@@ -532,12 +542,17 @@ mod tests {
         let errs = violations(&[(ROUTE53_REFRESH_INTERVAL, "soon")]);
         assert_eq!(errs[0].variable, ROUTE53_REFRESH_INTERVAL);
         assert!(errs[0].rule.contains("duration"));
+        // The contract's own example.
         assert_eq!(
-            settings(&[(ROUTE53_REFRESH_INTERVAL, "500ms")]).map(|s| s.refresh_interval),
+            settings(&[(ROUTE53_REFRESH_INTERVAL, "500ms")]).unwrap().refresh_interval,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            settings(&[(ROUTE53_REFRESH_INTERVAL, "10ms")]).map(|s| s.refresh_interval),
             Err(ConfigErrors(vec![ConfigError {
                 variable: ROUTE53_REFRESH_INTERVAL,
-                value: "500ms".into(),
-                rule: "a duration of at least 1s".into(),
+                value: "10ms".into(),
+                rule: "a duration from 100ms to 5m (500ms, 10s, 1m)".into(),
             }]))
         );
         assert_eq!(settings(&[(ROUTE53_REFRESH_INTERVAL, "1m")]).unwrap().refresh_interval, Duration::from_secs(60));
