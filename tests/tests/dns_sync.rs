@@ -251,3 +251,25 @@ async fn two_meshes_sharing_a_zone_never_take_each_others_names() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_name_held_by_a_foreign_record_is_looked_at_not_written_until_it_is_free() {
+    let bed = bed("lookfirst").await;
+    let vips = seed_services(&bed.client, &bed.table, "default", 3, NOW).await;
+    by_hand(&bed.zone, "CREATE", &bed.name(1), "10.9.9.9", 300).await;
+    let proxy = Route53Proxy::start(&endpoint(), Limits::default()).await;
+    let sync = syncer(&bed.settings, &proxy.url).await;
+    let first = sync.run(Trigger::Changed, NOW).await.unwrap();
+    assert_eq!((first.applied, first.conflicts), (2, 1), "{first:?}");
+    // An idle scheduled run: one read for the held name, no refused write.
+    proxy.clear();
+    let idle = sync.run(Trigger::Schedule, NOW + 300).await.unwrap();
+    assert_eq!((idle.conflicts, idle.failed), (1, 0), "{idle:?}");
+    assert_eq!(proxy.count("ChangeResourceRecordSets"), 0, "no write Route53 would refuse");
+    assert!(proxy.count("ListResourceRecordSets") >= 1);
+    // The owner deletes its record: the next run takes the free name.
+    by_hand(&bed.zone, "DELETE", &bed.name(1), "10.9.9.9", 300).await;
+    let freed = sync.run(Trigger::Schedule, NOW + 600).await.unwrap();
+    assert_eq!((freed.applied, freed.conflicts), (1, 0), "{freed:?}");
+    assert_eq!(a_records(&bed.zone).await[&bed.name(1)], [vips["svc-00001"].to_string()]);
+}

@@ -68,6 +68,9 @@ impl DnsStore for Dying {
         }
         self.inner.write_ledger(entries, removed).await
     }
+    async fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
+        self.inner.conflicts().await
+    }
     async fn set_conflicts(&self, conflicts: &[Conflict]) -> Result<(), StoreError> {
         self.inner.set_conflicts(conflicts).await
     }

@@ -64,7 +64,13 @@ pub struct Conflict {
     pub zone: HostedZoneId,
     pub name: String,
     pub reason: String,
+    /// A record loopmesh did not create holds the name: later runs look
+    /// before they write, instead of sending a CREATE Route53 refuses.
+    pub foreign: bool,
 }
+
+/// The reason of a name held by a record loopmesh did not create.
+const FOREIGN: &str = "a record loopmesh did not create holds this name; it is left untouched";
 
 /// The end of a run, written back to the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -140,6 +146,8 @@ pub trait DnsStore: Send + Sync {
         entries: &[Ledgered],
         removed: &[Record],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The conflicts the last run recorded.
+    fn conflicts(&self) -> impl Future<Output = Result<Vec<Conflict>, StoreError>> + Send;
     /// Replaces the recorded conflicts with these.
     fn set_conflicts(&self, conflicts: &[Conflict]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Releases a collected service's VIP into quarantine, unless an endpoint
@@ -392,6 +400,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
                     .unwrap_or_else(|| HostedZoneId::parse("NONE").unwrap_or_else(|_| unreachable!())),
                 name: key.to_string(),
                 reason: reason.clone(),
+                foreign: false,
             }
         }));
 
@@ -413,6 +422,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
                         zone: zone.clone(),
                         name: r.name.clone(),
                         reason: format!("{} is not inside the zone's domain {}", r.name, info.name),
+                        foreign: false,
                     });
                 }
             }
@@ -429,6 +439,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         }
 
         let changes = plan(&owned, &records, Policy::Sync);
+        let changes = self.look_before_writing(changes, route53, &mut conflicts).await?;
         report.planned += changes.len() as u64;
         let mut applied = Applied::default();
         for batch in batches(&changes, self.settings.limits) {
@@ -472,6 +483,36 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
             })
             .await?;
         Ok(())
+    }
+
+    /// A CREATE for a name a foreign record held at the last run is sent only
+    /// if a read shows the name free now: an idle mesh with a conflict makes
+    /// one read a run, never a write Route53 refuses.
+    async fn look_before_writing(
+        &self,
+        changes: Vec<Change>,
+        route53: &Limited<'_, P>,
+        conflicts: &mut Vec<Conflict>,
+    ) -> Result<Vec<Change>, SyncError> {
+        let held: BTreeSet<(HostedZoneId, String)> =
+            self.store.conflicts().await?.into_iter().filter(|c| c.foreign).map(|c| (c.zone, c.name)).collect();
+        if held.is_empty() {
+            return Ok(changes);
+        }
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            let rec = change.record();
+            if matches!(change, Change::Create(_)) && held.contains(&(rec.zone.clone(), rec.name.clone())) {
+                let start = Some((format!("{}.", rec.name), "A".to_owned()));
+                let (sets, _) = route53.list_page(&rec.zone, start, Some(1)).await?;
+                if sets.first().is_some_and(|set| set.name == rec.name && set.kind == "A") {
+                    conflicts.push(foreign(rec));
+                    continue;
+                }
+            }
+            out.push(change);
+        }
+        Ok(out)
     }
 
     /// Services whose deletion grace has passed with no endpoint.
@@ -675,11 +716,7 @@ fn judge(change: &Change, messages: &[String], out: &mut Applied) {
     let text = messages.iter().find(|m| mentions(m, rec)).or(messages.first()).cloned().unwrap_or_default();
     match change {
         Change::Delete(_) if text.contains("not found") => out.done.push(change.clone()),
-        Change::Create(_) if text.contains("already exists") => out.conflicts.push(Conflict {
-            zone: rec.zone.clone(),
-            name: rec.name.clone(),
-            reason: "a record loopmesh did not create holds this name; it is left untouched".into(),
-        }),
+        Change::Create(_) if text.contains("already exists") => out.conflicts.push(foreign(rec)),
         _ => {
             tracing::warn!(change = %change, reason = %crate::excerpt::cut(&text, crate::excerpt::RULE_CHARS), "Route53 refused a change; retried next run");
             out.failed.push(change.clone());
@@ -753,8 +790,13 @@ fn deleted(c: &Change) -> Option<&Record> {
     }
 }
 
+fn foreign(rec: &Record) -> Conflict {
+    Conflict { zone: rec.zone.clone(), name: rec.name.clone(), reason: FOREIGN.into(), foreign: true }
+}
+
 fn collision(c: &Collision) -> Conflict {
     Conflict {
+        foreign: false,
         zone: c.zone.clone(),
         name: c.name.clone(),
         reason: format!("{} and {} both render this name; the older, {}, keeps it", c.kept, c.refused, c.kept),

@@ -111,6 +111,8 @@ pub mod attr {
     pub const GENERATION: &str = "generation";
     pub const UPDATED_AT: &str = "updated_at";
     pub const REASON: &str = "reason";
+    /// On a conflict: a record loopmesh did not create holds the name.
+    pub const FOREIGN: &str = "foreign";
     pub const AT: &str = "at";
     pub const SERVICE: &str = "service";
     pub const ADDRESS: &str = "address";

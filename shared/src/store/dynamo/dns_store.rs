@@ -256,6 +256,20 @@ impl DnsStore for DynamoDnsStore {
         self.batch_write(requests).await
     }
 
+    async fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.query(keys::STATUS_PK, "CONFLICT#", None).await? {
+            let Some(zone) = text(&item, attr::ZONE).and_then(|z| HostedZoneId::parse(z).ok()) else { continue };
+            out.push(Conflict {
+                zone,
+                name: text(&item, attr::NAME).unwrap_or_default().to_owned(),
+                reason: text(&item, attr::REASON).unwrap_or_default().to_owned(),
+                foreign: item.get(attr::FOREIGN).and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+
     async fn set_conflicts(&self, conflicts: &[Conflict]) -> Result<(), StoreError> {
         let existing = self.query(keys::STATUS_PK, "CONFLICT#", None).await?;
         let wanted: BTreeMap<String, &Conflict> =
@@ -272,10 +286,11 @@ impl DnsStore for DynamoDnsStore {
             }
         }
         for (sk, c) in &wanted {
-            if existing
-                .iter()
-                .any(|i| text(i, keys::SK) == Some(sk.as_str()) && text(i, attr::REASON) == Some(&c.reason))
-            {
+            if existing.iter().any(|i| {
+                text(i, keys::SK) == Some(sk.as_str())
+                    && text(i, attr::REASON) == Some(&c.reason)
+                    && i.get(attr::FOREIGN).and_then(|v| v.as_bool().ok()) == Some(&c.foreign)
+            }) {
                 continue;
             }
             let mut item = key(keys::STATUS_PK.into(), sk.clone());
@@ -283,6 +298,7 @@ impl DnsStore for DynamoDnsStore {
                 (attr::ZONE.into(), s(c.zone.as_str())),
                 (attr::NAME.into(), s(&c.name)),
                 (attr::REASON.into(), s(&c.reason)),
+                (attr::FOREIGN.into(), AttributeValue::Bool(c.foreign)),
             ]);
             let p = PutRequest::builder().set_item(Some(item)).build().map_err(|e| build_err(&self.table, e))?;
             requests.push(WriteRequest::builder().put_request(p).build());
