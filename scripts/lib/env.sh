@@ -24,6 +24,29 @@ ensure_venv() {
   cp "$PY_REQUIREMENTS" "$stamp"
 }
 
+# The deploy path's tools (aws-sam-cli pins its own aws-sam-translator, so
+# it lives apart from cfn-lint), and the arm64 standard library the
+# functions are built for.
+SAM_VENV=${LOOPMESH_SAM_VENV:-$PWD/.venv-sam}
+ensure_sam() {
+  local stamp="$SAM_VENV/.requirements"
+  if ! { [ -x "$SAM_VENV/bin/sam" ] && cmp -s scripts/requirements-sam.txt "$stamp"; }; then
+    echo "==> installing aws-sam-cli and cargo-lambda into .venv-sam"
+    python3 -m venv "$SAM_VENV"
+    "$SAM_VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-sam.txt
+    cp scripts/requirements-sam.txt "$stamp"
+  fi
+  rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
+}
+
+# `sam build` as the README's deploy command runs it: the three functions
+# for provided.al2023 on arm64, cross-compiled by cargo-lambda with zig.
+sam_build() {
+  ensure_sam
+  PATH="$SAM_VENV/bin:$PATH" "$SAM_VENV/bin/sam" build --beta-features
+  ls -l .aws-sam/build/*/bootstrap
+}
+
 # Waits up to 30 s for something to listen on a loopback port.
 wait_port() {
   "$VENV/bin/python" - "$1" <<'PY'
