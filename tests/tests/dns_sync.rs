@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use loopmesh_shared::config::{HostedZoneId, Settings};
-use loopmesh_shared::dns::sync::{SyncError, Trigger};
+use loopmesh_shared::dns::sync::Trigger;
 use loopmesh_shared::store::dynamo::DynamoVipLedger;
 use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::{AllocError, ServiceKey, ServiceKind, VipLedger, VipPool, allocate};
@@ -223,10 +223,12 @@ async fn zones_that_cannot_hold_the_names_are_refused_by_name() {
                 ("KMESH_RUNTIME_AWS_ROUTE53_HOSTED_ZONE_ID", zone.as_str()),
             ],
         );
-        let err = syncer(&s, &proxy.url).await.run(Trigger::Changed, NOW).await.unwrap_err();
-        assert!(matches!(err, SyncError::Zone { .. }));
-        let msg = err.to_string();
-        assert!(msg.contains(zone.as_str()) && msg.contains(want), "{msg}");
+        // Reported by name and retried; it no longer stops the run.
+        let report = syncer(&s, &proxy.url).await.run(Trigger::Changed, NOW).await.unwrap();
+        assert_eq!(report.zones_failed, 1, "{report:?}");
+        let conflicts = query_prefix(&bed.client, &bed.table, keys::STATUS_PK, "CONFLICT#").await;
+        let reason = conflicts.iter().map(|c| attr_s(c, "reason")).find(|r| r.contains(want)).unwrap_or_default();
+        assert!(reason.contains(zone.as_str()), "{conflicts:?}");
     }
 }
 
@@ -272,4 +274,27 @@ async fn a_name_held_by_a_foreign_record_is_looked_at_not_written_until_it_is_fr
     let freed = sync.run(Trigger::Schedule, NOW + 600).await.unwrap();
     assert_eq!((freed.applied, freed.conflicts), (1, 0), "{freed:?}");
     assert_eq!(a_records(&bed.zone).await[&bed.name(1)], [vips["svc-00001"].to_string()]);
+}
+
+#[tokio::test]
+async fn a_zone_that_fails_delays_only_its_own_records() {
+    let bed = bed("isolated").await;
+    seed_services(&bed.client, &bed.table, "default", 3, NOW).await;
+    // A HostnameGenerator publishing into a zone that does not exist, for MeshServices.
+    let generator = "type: HostnameGenerator\nname: broken\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.svc.isolated.mesh.local\"\n  extension:\n    type: Route53\n    config:\n      hostedZoneId: Z0000000000000MISSING\n";
+    let meshservice =
+        "type: MeshService\nname: kv\nmesh: default\nspec:\n  ports:\n  - port: 15050\n    appProtocol: tcp\n";
+    let resources = loopmesh_shared::store::dynamo::DynamoResources::new(bed.client.clone(), &bed.table);
+    let ledger = DynamoVipLedger::new(bed.client.clone(), &bed.table);
+    for text in [generator, meshservice] {
+        let docs = loopmesh_shared::model::parse_documents_with_text(text);
+        let (resource, doc) = (docs[0].0.as_ref().unwrap(), &docs[0].1);
+        resources.apply(&ledger, &bed.settings.pools, resource, doc, NOW).await.unwrap();
+    }
+    let proxy = Route53Proxy::start(&endpoint(), Limits::default()).await;
+    let report = syncer(&bed.settings, &proxy.url).await.run(Trigger::Changed, NOW).await.unwrap();
+    assert_eq!((report.zones_failed, report.applied), (1, 3), "{report:?}");
+    assert_eq!(a_records(&bed.zone).await.len(), 3, "the healthy zone converged");
+    let conflicts = query_prefix(&bed.client, &bed.table, keys::STATUS_PK, "CONFLICT#").await;
+    assert!(conflicts.iter().any(|c| attr_s(c, "zone") == "Z0000000000000MISSING"), "{conflicts:?}");
 }

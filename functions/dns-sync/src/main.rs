@@ -53,6 +53,7 @@ async fn handle(syncer: &Live, enabled: bool, event: LambdaEvent<Value>) -> Resu
         route53_calls = report.calls,
         throttles = report.throttles,
         adopted = report.adopted,
+        zones_failed = report.zones_failed,
         skipped = report.skipped.as_deref().unwrap_or(""),
         "sync"
     );
@@ -69,6 +70,7 @@ async fn handle(syncer: &Live, enabled: bool, event: LambdaEvent<Value>) -> Resu
         "collected": report.collected,
         "repaired": report.repaired,
         "adopted": report.adopted,
+        "zones_failed": report.zones_failed,
         "route53_calls": report.calls,
         "throttles": report.throttles,
     }))

@@ -217,6 +217,8 @@ pub struct Report {
     pub repaired: u64,
     /// Records whose unfinished change was settled by finding it in the zone.
     pub adopted: u64,
+    /// Hosted zones this run could not use (missing, denied, unanswering).
+    pub zones_failed: u64,
     /// Why nothing was done, when nothing was.
     pub skipped: Option<String>,
 }
@@ -411,9 +413,19 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
             .map(|r| r.zone.clone())
             .chain(ledger.iter().filter_map(|e| e.id().map(|(z, _)| z.clone())))
             .collect();
+        // A zone that is missing, denied or unanswering is reported and waits;
+        // every other zone goes on (its names do not depend on this one).
         let mut records = Vec::new();
+        let mut healthy = BTreeSet::new();
         for zone in &zones {
-            let info = self.zone(zone, route53).await?;
+            let info = match self.zone(zone, route53).await {
+                Ok(info) => info,
+                Err(e) => {
+                    self.zone_failed(zone, &e, &mut conflicts, report);
+                    continue;
+                }
+            };
+            healthy.insert(zone.clone());
             for r in want.records.iter().filter(|r| &r.zone == zone) {
                 if dns_name::is_within(&r.name, &info.name) {
                     records.push(r.clone());
@@ -427,18 +439,29 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
                 }
             }
         }
-        let mut owned = self.settle(ledger, route53, report).await?;
+        let mut owned = self.settle(ledger, &healthy, route53, report).await?;
         let mut zone_counts = state.zone_counts.clone();
         let mut last_full_audit = state.last_full_audit;
         if trigger == Trigger::Schedule {
             let full = now >= state.last_full_audit.saturating_add(self.settings.full_audit_interval);
-            report.repaired += self.audit(&zones, &mut owned, &mut zone_counts, full, route53).await?;
+            for zone in healthy.clone() {
+                match self.audit(&zone, &mut owned, &mut zone_counts, full, route53).await {
+                    Ok(repaired) => report.repaired += repaired,
+                    Err(e) => {
+                        self.zone_failed(&zone, &e, &mut conflicts, report);
+                        healthy.remove(&zone);
+                    }
+                }
+            }
             if full {
                 last_full_audit = now;
             }
         }
 
-        let changes = plan(&owned, &records, Policy::Sync);
+        // Records in a failed zone are neither created nor deleted this run.
+        let plannable: Vec<Record> = owned.iter().filter(|r| healthy.contains(&r.zone)).cloned().collect();
+        records.retain(|r| healthy.contains(&r.zone));
+        let changes = plan(&plannable, &records, Policy::Sync);
         let changes = self.look_before_writing(changes, route53, &mut conflicts).await?;
         report.planned += changes.len() as u64;
         let mut applied = Applied::default();
@@ -476,7 +499,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         self.store
             .finish(&RunRecord {
                 applied_generation: state.generation,
-                retry_pending: !applied.failed.is_empty(),
+                retry_pending: !applied.failed.is_empty() || report.zones_failed > 0,
                 zone_counts,
                 last_full_audit,
                 report: report.clone(),
@@ -515,6 +538,19 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         Ok(out)
     }
 
+    /// Records a zone this run could not use: a conflict naming the zone and
+    /// why, a count in the report, a log line. The run goes on without it.
+    fn zone_failed(&self, zone: &HostedZoneId, e: &SyncError, conflicts: &mut Vec<Conflict>, report: &mut Report) {
+        tracing::error!(zone = %zone, error = %e, "hosted zone unusable this run; its records wait, the other zones go on");
+        report.zones_failed += 1;
+        conflicts.push(Conflict {
+            zone: zone.clone(),
+            name: String::new(),
+            reason: format!("the hosted zone cannot be used ({e}); its records wait for the next run"),
+            foreign: false,
+        });
+    }
+
     /// Services whose deletion grace has passed with no endpoint.
     async fn collectable(&self, rows: &[ServiceRow], now: UnixSeconds) -> Result<Vec<ServiceRow>, SyncError> {
         let mut out = Vec::new();
@@ -534,6 +570,7 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
     async fn settle(
         &self,
         ledger: Vec<Ledgered>,
+        healthy: &BTreeSet<HostedZoneId>,
         route53: &Limited<'_, P>,
         report: &mut Report,
     ) -> Result<Vec<Record>, SyncError> {
@@ -542,7 +579,10 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         for entry in ledger {
             match entry {
                 Ledgered::Owned(r) => owned.push(r),
-                Ledgered::Intent(rs) if !rs.is_empty() => intents.entry(rs[0].zone.clone()).or_default().push(rs),
+                // An intent in a zone that failed this run waits for a run that can read it.
+                Ledgered::Intent(rs) if rs.first().is_some_and(|r| healthy.contains(&r.zone)) => {
+                    intents.entry(rs[0].zone.clone()).or_default().push(rs)
+                }
                 Ledgered::Intent(_) => {}
             }
         }
@@ -613,47 +653,45 @@ impl<P: DnsProvider, S: DnsStore> Syncer<P, S> {
         Ok(info)
     }
 
-    /// Compares owned records with the zones: one GetHostedZone per zone, and
-    /// a listing only when the count moved or a full audit is due. Owned
-    /// records deleted by hand leave `owned` (so they are created again);
-    /// edited ones are replaced by what the zone holds (so they are restored).
+    /// Compares owned records with one zone: one GetHostedZone, and a listing
+    /// only when the count moved or a full audit is due. Owned records
+    /// deleted by hand leave `owned` (so they are created again); edited ones
+    /// are replaced by what the zone holds (so they are restored).
     async fn audit(
         &self,
-        zones: &BTreeSet<HostedZoneId>,
+        zone: &HostedZoneId,
         owned: &mut Vec<Record>,
         zone_counts: &mut BTreeMap<String, u64>,
         full: bool,
         route53: &Limited<'_, P>,
     ) -> Result<u64, SyncError> {
         let mut repaired = 0;
-        for zone in zones {
-            let count = route53.get_zone(zone).await?.record_count;
-            if !full && zone_counts.get(zone.as_str()) == Some(&count) {
+        let count = route53.get_zone(zone).await?.record_count;
+        if !full && zone_counts.get(zone.as_str()) == Some(&count) {
+            return Ok(0);
+        }
+        let actual = route53.list_all(zone).await?;
+        zone_counts.insert(zone.as_str().to_owned(), count);
+        let mut view = Vec::with_capacity(owned.len());
+        for rec in owned.drain(..) {
+            if &rec.zone != zone {
+                view.push(rec);
                 continue;
             }
-            let actual = route53.list_all(zone).await?;
-            zone_counts.insert(zone.as_str().to_owned(), count);
-            let mut view = Vec::with_capacity(owned.len());
-            for rec in owned.drain(..) {
-                if &rec.zone != zone {
-                    view.push(rec);
-                    continue;
-                }
-                match actual.iter().find(|set| set.kind == "A" && set.name == rec.name) {
-                    Some(set) if set.is(&rec) => view.push(rec),
-                    Some(set) => {
-                        // Edited by hand: the plan deletes what is there, exactly, and creates ours.
-                        repaired += 1;
-                        if let Some(value) = set.values.first().and_then(|v| v.parse().ok()) {
-                            view.push(Record { value, ttl: set.ttl.unwrap_or(rec.ttl), ..rec });
-                        }
+            match actual.iter().find(|set| set.kind == "A" && set.name == rec.name) {
+                Some(set) if set.is(&rec) => view.push(rec),
+                Some(set) => {
+                    // Edited by hand: the plan deletes what is there, exactly, and creates ours.
+                    repaired += 1;
+                    if let Some(value) = set.values.first().and_then(|v| v.parse().ok()) {
+                        view.push(Record { value, ttl: set.ttl.unwrap_or(rec.ttl), ..rec });
                     }
-                    // Deleted by hand: out of the owned view, so the plan creates it again.
-                    None => repaired += 1,
                 }
+                // Deleted by hand: out of the owned view, so the plan creates it again.
+                None => repaired += 1,
             }
-            *owned = view;
         }
+        *owned = view;
         Ok(repaired)
     }
 
@@ -859,6 +897,7 @@ impl Report {
             ("Collected", self.collected),
             ("Repaired", self.repaired),
             ("Adopted", self.adopted),
+            ("ZonesFailed", self.zones_failed),
             ("Route53Calls", self.calls),
             ("Throttles", self.throttles),
         ];
@@ -904,6 +943,6 @@ mod tests {
         let r = Report { planned: 3, applied: 2, calls: 4, ..Report::default() };
         let doc = r.emf(1);
         assert_eq!(doc["Applied"], 2);
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len(), 9);
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len(), 10);
     }
 }

@@ -333,6 +333,7 @@ impl DnsStore for DynamoDnsStore {
             ("collected".to_owned(), n(r.collected)),
             ("repaired".to_owned(), n(r.repaired)),
             ("adopted".to_owned(), n(r.adopted)),
+            ("zones_failed".to_owned(), n(r.zones_failed)),
         ]);
         self.client
             .update_item()
