@@ -41,10 +41,13 @@ struct ConfigDoc<'a> {
 }
 
 impl Admin {
-    /// Ready once the first view is applied and the inbounds listen (they
-    /// are bound before the admin starts), and not while draining.
+    /// Ready once the first view is applied, the inbounds listen (they are
+    /// bound before the admin starts) and every VIP of the view listens;
+    /// not while draining. A VIP that cannot bind is retried every tick.
     pub fn ready(&self) -> bool {
-        self.listeners.applied.load(Ordering::Relaxed) && !self.listeners.draining.load(Ordering::Relaxed)
+        self.listeners.applied.load(Ordering::Relaxed)
+            && !self.listeners.draining.load(Ordering::Relaxed)
+            && self.listeners.unbound.load(Ordering::Relaxed) == 0
     }
 
     /// The body of a 200 `/ready`: ready, and whether the view is current.
@@ -59,6 +62,21 @@ impl Admin {
                 self.status.refresh_timeouts.load(Ordering::Relaxed),
                 self.status.age().unwrap_or(-1.0)
             ),
+        }
+    }
+
+    /// The body of a 503 `/ready`: why.
+    fn not_ready(&self) -> String {
+        let l = &self.listeners;
+        if l.draining.load(Ordering::Relaxed) {
+            "not ready: draining\n".to_owned()
+        } else if !l.applied.load(Ordering::Relaxed) {
+            "not ready: no view applied yet\n".to_owned()
+        } else {
+            format!(
+                "not ready: {} VIP listeners cannot bind (retried every refresh; see the log and loopmesh_listener_bind_errors_total)\n",
+                l.unbound.load(Ordering::Relaxed)
+            )
         }
     }
 
@@ -164,6 +182,12 @@ impl Admin {
                 self.listeners.bind_errors.load(Ordering::Relaxed).to_string(),
             ),
             ("loopmesh_outbound_listeners", "gauge", "VIP listeners open", outbounds.len().to_string()),
+            (
+                "loopmesh_outbound_listeners_unbound",
+                "gauge",
+                "VIP listeners of the view that could not bind (retried every refresh)",
+                self.listeners.unbound.load(Ordering::Relaxed).to_string(),
+            ),
             ("loopmesh_ready", "gauge", "1 when /ready answers 200", u8::from(self.ready()).to_string()),
         ];
         for (name, kind, help, value) in gauges {
@@ -175,7 +199,7 @@ impl Admin {
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
             (&Method::GET, "/ready") if self.ready() => (StatusCode::OK, "text/plain", self.readiness()),
-            (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
+            (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", self.not_ready()),
             (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
             (&Method::GET, "/config") => (StatusCode::OK, "application/json", self.config()),
             _ => (StatusCode::NOT_FOUND, "text/plain", "not found: /ready, /metrics, /config\n".to_owned()),

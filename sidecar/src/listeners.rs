@@ -37,7 +37,7 @@ pub struct Applied {
     pub added: usize,
     pub removed: usize,
     pub updated: usize,
-    /// Listeners that could not be bound; retried with the next view.
+    /// Listeners that could not be bound; retried on every refresh tick.
     pub failed: usize,
     pub listening: usize,
 }
@@ -58,6 +58,8 @@ pub struct Listeners {
     pub applied: AtomicBool,
     pub draining: AtomicBool,
     pub bind_errors: AtomicU64,
+    /// VIP listeners of the current view that are not bound (for `/ready`).
+    pub unbound: AtomicU64,
     pub view_changes: AtomicU64,
 }
 
@@ -85,6 +87,7 @@ impl Listeners {
             applied: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             bind_errors: AtomicU64::new(0),
+            unbound: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
         }
     }
@@ -155,6 +158,7 @@ impl Listeners {
             }
         }
         applied.listening = routes.len();
+        self.unbound.store(applied.failed as u64, Ordering::Relaxed);
         drop(routes);
         self.view.store(Arc::new(view));
         self.applied.store(true, Ordering::Relaxed);
@@ -162,6 +166,16 @@ impl Listeners {
             self.view_changes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(applied)
+    }
+
+    /// Binds again the listeners of the current view that failed to bind
+    /// (the address was busy, a port was privileged): called on every
+    /// refresh tick, so a listener does not wait for the view to change.
+    pub fn retry_unbound(&self) -> Option<Applied> {
+        if self.unbound.load(Ordering::Relaxed) == 0 || self.draining.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.apply((*self.view()).clone()).ok()
     }
 
     /// Stops accepting now; ends what is still open after the drain timeout.

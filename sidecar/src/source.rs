@@ -150,6 +150,9 @@ pub async fn refresh(
         let failures = match fetched {
             Ok(Fetched::Unchanged) => {
                 status.ok();
+                if let Some(a) = listeners.retry_unbound() {
+                    tracing::info!(added = a.added, failed = a.failed, "retried VIP listeners that could not bind");
+                }
                 0
             }
             Ok(Fetched::New(view, marker)) => {

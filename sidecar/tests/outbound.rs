@@ -326,3 +326,27 @@ async fn ten_thousand_connections_leak_no_descriptor() {
     let after = open_descriptors();
     assert!(after <= before + 2, "descriptors before {before}, after {after}");
 }
+
+#[tokio::test]
+async fn a_vip_that_cannot_bind_is_not_ready_and_is_retried_without_a_new_view() {
+    let (e, _, _task) = echo().await;
+    let a = vip(40);
+    // Something else holds the VIP's port.
+    let squatter = std::net::TcpListener::bind(a).unwrap();
+    let l = listeners(None, Duration::from_secs(1));
+    let applied = l.apply(view(vec![outbound("redis", a, &[(e, None)])])).unwrap();
+    assert_eq!((applied.added, applied.failed), (0, 1));
+    let admin = loopmesh_sidecar::admin::Admin {
+        listeners: l.clone(),
+        status: Arc::new(loopmesh_sidecar::source::ViewStatus::default()),
+    };
+    assert!(!admin.ready(), "/ready is not 200 while a VIP cannot listen");
+    assert!(admin.metrics().contains("loopmesh_outbound_listeners_unbound 1"));
+    // The port frees; the next tick binds it, with the same view.
+    drop(squatter);
+    let retried = l.retry_unbound().expect("a retry");
+    assert_eq!((retried.added, retried.failed), (1, 0));
+    assert!(admin.ready());
+    assert_eq!(round_trip(a, b"PING").await, b"PING");
+    assert!(l.retry_unbound().is_none(), "nothing left to retry");
+}
