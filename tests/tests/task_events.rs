@@ -356,3 +356,33 @@ async fn hostile_templates_fail_fast_and_the_role_decides_first() {
     assert!(reason.len() < 600, "a bounded message: {} bytes", reason.len());
     assert!(bed.endpoints("default").await.is_empty());
 }
+
+#[tokio::test]
+async fn identity_and_template_come_from_what_runtask_actually_ran() {
+    let bed = bed("te-overrides").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let demo = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "demo-app")];
+    let td = task_definition(Some(&role(&demo).await), "demo-app", "default", true).await;
+    // RunTask swapped the role for one that may only register redis.
+    let redis_role =
+        role(&[("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "redis")]).await;
+    let mut ev = event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3);
+    ev["detail"]["overrides"] = serde_json::json!({"taskRoleArn": redis_role});
+    let out = r.handle(&ev, NOW).await.unwrap();
+    assert!(
+        matches!(&out, Outcome::Refused { reason } if reason.contains("tag is \"redis\"") && reason.contains("\"demo-app\"")),
+        "the overriding role decides: {out:?}"
+    );
+    // RunTask replaced the sidecar's template with one claiming another service.
+    let template = loopmesh_tests::ecs::DATAPLANE_TEMPLATE.replace("{{ service }}", "payments");
+    let mut ev = event("ecs-task-running.json", &td, "t2", "10.0.1.11", 3);
+    ev["detail"]["overrides"] = serde_json::json!({"containerOverrides": [
+        {"name": "loopmesh-sidecar", "environment": [{"name": "KUMA_DATAPLANE_RUNTIME_RESOURCE", "value": template}]}
+    ]});
+    let out = r.handle(&ev, NOW).await.unwrap();
+    assert!(
+        matches!(&out, Outcome::Refused { reason } if reason.contains("\"payments\"")),
+        "the overridden template is what is checked: {out:?}"
+    );
+    assert!(bed.endpoints("default").await.is_empty(), "nothing registered");
+}

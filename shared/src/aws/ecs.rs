@@ -4,7 +4,9 @@
 use aws_sdk_ecs::types::DesiredStatus;
 
 use crate::registration::TaskDefinitions;
-use crate::registration::event::{Attachment, Container, EcsTaskStateChange, NameValue, NetworkInterface};
+use crate::registration::event::{
+    Attachment, Container, ContainerOverride, EcsTaskStateChange, NameValue, NetworkInterface, Overrides,
+};
 use crate::registration::reconcile::EcsTasks;
 use crate::registration::sidecar_spec::{ContainerDoc, TaskDefinitionDoc};
 use crate::store::{StoreError, StoreErrorKind};
@@ -170,5 +172,24 @@ fn detail(t: &aws_sdk_ecs::types::Task) -> EcsTaskStateChange {
                     .collect(),
             })
             .collect(),
+        overrides: t
+            .overrides()
+            .map(|o| Overrides {
+                task_role_arn: o.task_role_arn().map(str::to_owned),
+                container_overrides: o
+                    .container_overrides()
+                    .iter()
+                    .map(|c| ContainerOverride {
+                        name: text(c.name()),
+                        command: (!c.command().is_empty()).then(|| c.command().to_vec()),
+                        environment: c
+                            .environment()
+                            .iter()
+                            .map(|kv| NameValue { name: text(kv.name()), value: kv.value().map(str::to_owned) })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .unwrap_or_default(),
     }
 }

@@ -36,6 +36,38 @@ pub struct EcsTaskStateChange {
     pub attachments: Vec<Attachment>,
     #[serde(default)]
     pub containers: Vec<Container>,
+    /// What RunTask changed for this task: its role, a container's command or
+    /// environment. Identity and the Dataplane come from what actually runs.
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_overrides: Vec<ContainerOverride>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        self.task_role_arn.is_none() && self.container_overrides.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    #[serde(default)]
+    pub name: String,
+    /// Replaces the container's command when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Added to the container's environment, replacing variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<NameValue>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +134,7 @@ pub struct TaskEvent {
     pub availability_zone: Option<String>,
     /// The task's private IPv4 (awsvpc ENI), when the event carries one.
     pub address: Option<IpAddr>,
+    pub overrides: Overrides,
 }
 
 impl TaskEvent {
@@ -181,6 +214,7 @@ pub fn from_detail(d: EcsTaskStateChange) -> Result<TaskEvent, ValidationErrors>
         version: d.version,
         availability_zone: d.availability_zone.filter(|z| !z.is_empty()),
         address,
+        overrides: d.overrides,
     })
 }
 

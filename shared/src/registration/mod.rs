@@ -255,6 +255,9 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
 
     async fn running(&self, ev: &TaskEvent, now: UnixSeconds) -> Result<Outcome, HandleError> {
         let td = self.task_definition(&ev.task_definition_arn).await?;
+        // What runs, not what the definition says: RunTask may change the
+        // role (and so the identity) or the sidecar's command and template.
+        let td = if ev.overrides.is_empty() { td } else { Arc::new(td.with_overrides(&ev.overrides)) };
         let Some(spec) = find_sidecar(&td) else {
             tracing::debug!(task = %ev.task_arn, task_definition = %td.arn, "no sidecar container; skipped");
             return Ok(Outcome::NoSidecar);

@@ -64,6 +64,29 @@ impl SidecarSpec {
     }
 }
 
+impl TaskDefinitionDoc {
+    /// The task definition as this task runs it: RunTask's role and
+    /// container overrides applied (a command replaces the container's; an
+    /// environment variable replaces the one of the same name).
+    pub fn with_overrides(&self, o: &super::event::Overrides) -> Self {
+        let mut td = self.clone();
+        if let Some(role) = &o.task_role_arn {
+            td.task_role_arn = Some(role.clone());
+        }
+        for co in &o.container_overrides {
+            let Some(c) = td.containers.iter_mut().find(|c| c.name == co.name) else { continue };
+            if let Some(command) = &co.command {
+                c.command = command.clone();
+            }
+            for kv in &co.environment {
+                c.environment.retain(|(k, _)| *k != kv.name);
+                c.environment.push((kv.name.clone(), kv.value.clone().unwrap_or_default()));
+            }
+        }
+        td
+    }
+}
+
 /// The container whose environment holds [`TEMPLATE_ENV`], if any.
 pub fn find_sidecar(doc: &TaskDefinitionDoc) -> Option<SidecarSpec> {
     doc.containers.iter().find_map(|c| {
