@@ -259,3 +259,46 @@ proptest! {
         let _ = render_dataplane(&mutated, &vars(&[("dpname", "x"), ("mesh", "m"), ("address", "10.0.0.1"), ("port", "1"), ("service", "s")]));
     }
 }
+
+#[test]
+fn what_loopmesh_does_not_do_yet_is_refused_never_ignored() {
+    let refused = |text: &str, path: &str, words: &str| {
+        let e = parse_one(text).unwrap_err();
+        let hit = e.0.iter().find(|v| v.path == path).unwrap_or_else(|| panic!("no error at {path}: {e}"));
+        assert!(hit.rule.contains(words), "{path}: {}", hit.rule);
+    };
+    refused(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+        "mtls.enabledBackend",
+        "does not encrypt traffic",
+    );
+    // Backends alone enable nothing, as in Kuma.
+    assert!(parse_one("type: Mesh\nname: default\nmtls:\n  backends:\n  - name: ca-1\n    type: builtin\n").is_ok());
+    refused(
+        "type: MeshTimeout\nname: t\nmesh: default\nspec: {}\n",
+        "type",
+        "Kong Mesh policy loopmesh does not enforce yet",
+    );
+    refused(
+        "type: MeshExternalService\nname: httpbin\nmesh: default\nspec:\n  match:\n    type: HostnameGenerator\n    port: 443\n    protocol: tcp\n  endpoints:\n  - address: httpbin.org\n    port: 443\n  tls:\n    enabled: true\n",
+        "spec.tls",
+        "does not originate TLS",
+    );
+    refused(
+        "type: Dataplane\nname: gw\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge\n",
+        "networking.gateway",
+        "not supported",
+    );
+}
+
+#[test]
+fn the_pre_2_11_outbound_list_is_read_not_ignored() {
+    let text = "type: Dataplane\nname: dp\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 15000\n    servicePort: 5050\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: 10001\n    tags:\n      kuma.io/service: redis\n  - port: 10002\n    address: 127.0.0.2\n    tags:\n      kuma.io/service: api\n";
+    let Resource::Dataplane(dp) = parse_one(text).unwrap() else { panic!("a Dataplane") };
+    let got: Vec<(String, u16, String)> =
+        dp.outbounds.iter().map(|o| (o.address.to_string(), o.port, o.service.clone())).collect();
+    assert_eq!(got, [("127.0.0.1".into(), 10001, "redis".into()), ("127.0.0.2".into(), 10002, "api".into())]);
+    let bad = text.replace("address: 127.0.0.2", "address: 10.9.9.9");
+    let e = parse_one(&bad).unwrap_err();
+    assert!(e.to_string().contains("networking.outbound[1].address"), "{e}");
+}

@@ -47,6 +47,11 @@ type Key = (Ipv4Addr, u16);
 #[derive(Debug)]
 pub struct Listeners {
     settings: ProxySettings,
+    /// Listen on the view's VIPs (`--bind-outbounds`).
+    bind_vips: bool,
+    /// The Dataplane's explicit outbounds (the pre-2.11 form), served from
+    /// the view's endpoints of their service.
+    static_outbounds: Vec<loopmesh_shared::model::StaticOutbound>,
     /// `None`: no zone preference.
     zone: Option<String>,
     drain_timeout: Duration,
@@ -76,8 +81,22 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 impl Listeners {
     pub fn new(settings: ProxySettings, zone: Option<String>, drain_timeout: Duration) -> Self {
+        Self::with_outbounds(settings, zone, drain_timeout, true, Vec::new())
+    }
+
+    /// Listeners that bind the view's VIPs only if `bind_vips`, and always
+    /// the explicit `static_outbounds`.
+    pub fn with_outbounds(
+        settings: ProxySettings,
+        zone: Option<String>,
+        drain_timeout: Duration,
+        bind_vips: bool,
+        static_outbounds: Vec<loopmesh_shared::model::StaticOutbound>,
+    ) -> Self {
         Self {
             settings,
+            bind_vips,
+            static_outbounds,
             zone,
             drain_timeout,
             tracker: TaskTracker::new(),
@@ -114,8 +133,31 @@ impl Listeners {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining: no new listeners".into());
         }
+        // An explicit outbound serves its service's endpoints on its own
+        // address (no endpoints yet: it closes connections at once, as a VIP does).
+        let explicit: Vec<crate::view::Outbound> = self
+            .static_outbounds
+            .iter()
+            .filter_map(|so| {
+                let std::net::IpAddr::V4(ip) = so.address else { return None };
+                // The `kuma.io/service` service of that name (a file view may leave the kind out).
+                let svc = loopmesh_shared::vip::ServiceKind::Service.code();
+                let of_service = view
+                    .outbounds
+                    .iter()
+                    .find(|o| o.service == so.service && o.kind.as_deref().is_none_or(|k| k == svc));
+                Some(crate::view::Outbound {
+                    service: so.service.clone(),
+                    kind: None,
+                    vip: ip,
+                    port: so.port,
+                    endpoints: of_service.map(|o| o.endpoints.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let vips = view.outbounds.iter().filter(|_| self.bind_vips);
         let mut routes = self.outbounds.lock().unwrap_or_else(PoisonError::into_inner);
-        let wanted: BTreeMap<Key, _> = view.outbounds.iter().map(|o| ((o.vip, o.port), o)).collect();
+        let wanted: BTreeMap<Key, _> = vips.chain(&explicit).map(|o| ((o.vip, o.port), o)).collect();
         let mut applied = Applied::default();
         routes.retain(|key, route| {
             if wanted.contains_key(key) {

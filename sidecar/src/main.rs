@@ -199,17 +199,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
         Ok(uri) if !uri.is_empty() => task::metadata(&uri).await?,
         _ => TaskMetadata::default(),
     };
-    let (mesh, inbounds): (Option<String>, Vec<InboundSpec>) = match &template {
+    let (mesh, inbounds, explicit) = match &template {
         Some(t) => {
             let dp = task::render(t, vars.clone(), &meta)?;
             let ib = task::inbounds(&dp)?;
-            tracing::info!(dataplane = %dp.name, mesh = %dp.mesh, address = %dp.address, inbounds = ib.len(), "dataplane rendered");
-            (Some(dp.mesh), ib)
+            tracing::info!(dataplane = %dp.name, mesh = %dp.mesh, address = %dp.address, inbounds = ib.len(), outbounds = dp.outbounds.len(), "dataplane rendered");
+            (Some(dp.mesh), ib, dp.outbounds)
         }
-        None => (args.mesh.clone(), Vec::new()),
+        None => (args.mesh.clone(), Vec::<InboundSpec>::new(), Vec::new()),
     };
+    // A Dataplane with explicit outbounds (the pre-2.11 form) needs the view
+    // for their endpoints, with or without --bind-outbounds.
+    let needs_view = args.bind_outbounds || !explicit.is_empty();
     let zone = args.zone.clone().or_else(|| vars.get("zone").cloned()).or(meta.zone);
-    let source = match (args.bind_outbounds, &args.view_file, mesh) {
+    let source = match (needs_view, &args.view_file, mesh) {
         (false, _, _) => None,
         (true, Some(path), _) => Some(Source::File(path.clone())),
         (true, None, Some(mesh)) => {
@@ -230,7 +233,13 @@ async fn run(args: RunArgs) -> Result<(), String> {
         idle_timeout: args.idle_timeout,
         access_log: args.access_log,
     };
-    let listeners = Arc::new(Listeners::new(settings, zone.filter(|_| args.zone_preference), args.drain_timeout));
+    let listeners = Arc::new(Listeners::with_outbounds(
+        settings,
+        zone.filter(|_| args.zone_preference),
+        args.drain_timeout,
+        args.bind_outbounds,
+        explicit,
+    ));
     listeners.start_inbounds(&inbounds)?;
     let status = Arc::new(ViewStatus::default());
     let stop = CancellationToken::new();

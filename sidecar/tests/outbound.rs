@@ -350,3 +350,23 @@ async fn a_vip_that_cannot_bind_is_not_ready_and_is_retried_without_a_new_view()
     assert_eq!(round_trip(a, b"PING").await, b"PING");
     assert!(l.retry_unbound().is_none(), "nothing left to retry");
 }
+
+#[tokio::test]
+async fn an_explicit_outbound_of_the_pre_2_11_form_serves_its_service() {
+    let (e, count, _task) = echo().await;
+    let a = vip(41);
+    let explicit = std::net::TcpListener::bind("127.0.0.42:0").unwrap().local_addr().unwrap();
+    let so = loopmesh_shared::model::StaticOutbound {
+        address: explicit.ip(),
+        port: explicit.port(),
+        service: "redis".into(),
+    };
+    // Without --bind-outbounds: the explicit outbound listens, the VIP does not.
+    let l =
+        Arc::new(Listeners::with_outbounds(ProxySettings::default(), None, Duration::from_secs(1), false, vec![so]));
+    let applied = l.apply(view(vec![outbound("redis", a, &[(e, None)])])).unwrap();
+    assert_eq!((applied.added, applied.failed), (1, 0));
+    assert_eq!(round_trip(explicit, b"PING").await, b"PING");
+    assert_eq!(count.load(Ordering::Relaxed), 1, "it reached the redis endpoint");
+    assert!(TcpStream::connect(a).await.is_err(), "no VIP listener without --bind-outbounds");
+}

@@ -24,6 +24,18 @@ pub struct Dataplane {
     /// The task's address: what peers dial to reach the inbounds.
     pub address: String,
     pub inbounds: Vec<Inbound>,
+    /// The pre-2.11 form's explicit outbounds: the sidecar listens on each
+    /// `address:port` for its service, besides (or instead of) the VIPs.
+    pub outbounds: Vec<StaticOutbound>,
+}
+
+/// One `networking.outbound` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticOutbound {
+    /// Where the application dials, 127.0.0.1 unless the entry says.
+    pub address: IpAddr,
+    pub port: u16,
+    pub service: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +90,21 @@ struct RawNetworking {
     address: Option<Scalar>,
     #[serde(default)]
     inbound: Option<Vec<RawInbound>>,
+    #[serde(default)]
+    outbound: Option<Vec<RawOutbound>>,
+    #[serde(default)]
+    gateway: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawOutbound {
+    #[serde(default)]
+    port: Option<Scalar>,
+    #[serde(default)]
+    address: Option<Scalar>,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, Scalar>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +187,12 @@ impl Dataplane {
             errors.push("networking.address", format!("{address:?} is neither an IP address nor a DNS name"));
         }
 
+        if networking.gateway.as_ref().is_some_and(|g| !g.is_null()) {
+            errors.push(
+                "networking.gateway",
+                "gateway Dataplanes are not supported; loopmesh runs sidecars (a Dataplane with inbounds) only",
+            );
+        }
         let raw_inbounds = networking.inbound.unwrap_or_default();
         if raw_inbounds.is_empty() {
             errors.push("networking.inbound", "at least one inbound is required");
@@ -216,7 +249,35 @@ impl Dataplane {
                 inbounds.push(Inbound { port, service_port, service_address, tags });
             }
         }
-        errors.into_result(Self { name, mesh, labels, address, inbounds })
+        let mut outbounds = Vec::new();
+        for (i, ob) in networking.outbound.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("networking.outbound[{i}]");
+            let port = port_field(&mut errors, &format!("{path}.port"), ob.port.map(Scalar::into_string));
+            let address = match ob.address.map(Scalar::into_string).filter(|s| !s.is_empty()) {
+                None => Some(IpAddr::from([127, 0, 0, 1])),
+                Some(a) => match a.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_loopback() => Some(ip),
+                    _ => {
+                        errors.push(
+                            format!("{path}.address"),
+                            format!(
+                                "{} is not a loopback IP address (the sidecar listens inside the task)",
+                                crate::excerpt::quoted(&a)
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            let service = ob.tags.unwrap_or_default().remove(SERVICE_TAG).map(Scalar::into_string).unwrap_or_default();
+            if service.is_empty() {
+                errors.push(format!("{path}.tags[{SERVICE_TAG:?}]"), "required, the service this outbound reaches");
+            }
+            if let (Some(port), Some(address), false) = (port, address, service.is_empty()) {
+                outbounds.push(StaticOutbound { address, port, service });
+            }
+        }
+        errors.into_result(Self { name, mesh, labels, address, inbounds, outbounds })
     }
 
     /// The distinct services of the inbounds, in order.

@@ -1,5 +1,7 @@
-//! Mesh: only the part loopmesh acts on, `meshServices.mode`; other Mesh
-//! fields (mTLS, logging, ...) are accepted and left alone.
+//! Mesh: the part loopmesh acts on, `meshServices.mode`. A Mesh that
+//! enables mTLS is refused (loopmesh does not encrypt yet, and a user must
+//! never believe traffic is encrypted when it is not); other fields
+//! (logging, metrics, ...) are accepted and left alone.
 
 use serde::Deserialize;
 
@@ -52,6 +54,8 @@ struct RawMesh {
     name: Option<String>,
     #[serde(default)]
     mesh_services: Option<RawMeshServices>,
+    #[serde(default)]
+    mtls: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,5 +77,15 @@ pub(super) fn from_value(value: serde_yaml_ng::Value) -> Result<Mesh, Validation
             MeshServicesMode::Disabled
         }),
     };
+    // Kuma enables mTLS by naming a backend; backends alone enable nothing.
+    if let Some(backend) = raw.mtls.as_ref().and_then(|m| m.get("enabledBackend")).filter(|b| !b.is_null()) {
+        let backend = backend.as_str().unwrap_or("?");
+        errors.push(
+            "mtls.enabledBackend",
+            format!(
+                "{backend:?}: loopmesh does not encrypt traffic between sidecars yet, so a Mesh that enables mTLS is refused rather than run in plain text; remove mtls.enabledBackend to run this mesh without mTLS"
+            ),
+        );
+    }
     errors.into_result(Mesh { name, mesh_services: mode })
 }

@@ -202,6 +202,10 @@ struct RawExternalSpec {
     matcher: Option<RawMatch>,
     #[serde(default)]
     endpoints: Option<Vec<RawEndpoint>>,
+    #[serde(default)]
+    tls: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    extension: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +248,14 @@ pub(super) fn external_from_value(value: serde_yaml_ng::Value) -> Result<MeshExt
             )
         }
     };
+    // Refused until implemented, rather than accepted and ignored: an
+    // operator who asks for TLS to the endpoint must not get plain text.
+    if spec.tls.is_some_and(|t| !t.is_null()) {
+        errors.push("spec.tls", "loopmesh does not originate TLS to external endpoints yet; remove spec.tls (the application can speak TLS itself through the VIP)");
+    }
+    if spec.extension.is_some_and(|x| !x.is_null()) {
+        errors.push("spec.extension", "MeshExternalService extensions are not supported; remove spec.extension");
+    }
     let raw_endpoints = spec.endpoints.unwrap_or_default();
     if raw_endpoints.is_empty() {
         errors.push("spec.endpoints", "at least one endpoint is required");
