@@ -116,7 +116,8 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
     }
     let endpoint = |e: &EndpointEntry| Endpoint { address: format!("{}:{}", e.address, e.port), zone: e.zone.clone() };
     let of_port = |service: &str, port: u16| -> Vec<Endpoint> {
-        by_service.get(service).into_iter().flatten().filter(|e| e.service_port == port).map(|e| endpoint(e)).collect()
+        // A MeshService port is the inbound port peers dial (Kuma's generator).
+        by_service.get(service).into_iter().flatten().filter(|e| e.port == port).map(|e| endpoint(e)).collect()
     };
     let mut outbounds = Vec::new();
     for s in services {
@@ -219,9 +220,10 @@ mod tests {
 
     #[test]
     fn builds_one_listener_per_vip_port() {
-        let mut ms = svc(ServiceKind::MeshService, "api", [127, 4, 0, 9], &[80, 9090]);
+        // MeshService ports are the inbound ports peers dial (Kuma's generator).
+        let mut ms = svc(ServiceKind::MeshService, "api", [127, 4, 0, 9], &[15000, 15001]);
         ms.labels.insert("team".into(), "a".into());
-        let mut mzs = svc(ServiceKind::MeshMultiZoneService, "api-global", [127, 2, 0, 1], &[80]);
+        let mut mzs = svc(ServiceKind::MeshMultiZoneService, "api-global", [127, 2, 0, 1], &[15000]);
         mzs.match_labels.insert("team".into(), "a".into());
         let mut mes = svc(ServiceKind::MeshExternalService, "httpbin", [127, 3, 0, 1], &[443]);
         mes.external = vec!["httpbin.org:443".into()];
@@ -245,10 +247,10 @@ mod tests {
             got,
             vec![
                 ("127.1.0.7".into(), 8080, vec!["10.0.0.1:16379", "10.0.0.2:16379"]),
-                ("127.2.0.1".into(), 80, vec!["10.0.0.3:15000"]),
+                ("127.2.0.1".into(), 15000, vec!["10.0.0.3:15000"]),
                 ("127.3.0.1".into(), 443, vec!["httpbin.org:443"]),
-                ("127.4.0.9".into(), 80, vec!["10.0.0.3:15000"]),
-                ("127.4.0.9".into(), 9090, vec!["10.0.0.3:15001"]),
+                ("127.4.0.9".into(), 15000, vec!["10.0.0.3:15000"]),
+                ("127.4.0.9".into(), 15001, vec!["10.0.0.3:15001"]),
             ]
         );
         assert_eq!(v.generation, 7);

@@ -233,7 +233,8 @@ async fn mesh_service_mode_also_yields_a_mesh_service() {
     assert_eq!(labels.get("kuma.io/origin").unwrap().as_s().unwrap(), "zone");
     assert_eq!(labels.get("kuma.io/display-name").unwrap().as_s().unwrap(), "demo-app");
     let ports = items[0].get("ports").unwrap().as_l().unwrap();
-    assert_eq!(ports[0].as_m().unwrap().get("port").unwrap().as_n().unwrap(), "5050");
+    // Kuma's generator: the inbound's `port` (15000), not its `servicePort` (5050).
+    assert_eq!(ports[0].as_m().unwrap().get("port").unwrap().as_n().unwrap(), "15000");
 }
 
 /// 500 events for 100 tasks of 10 services, shuffled, each delivered twice,

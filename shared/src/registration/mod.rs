@@ -322,10 +322,13 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 labels: Labels::new(),
             });
             if mode.generates_mesh_services() {
+                // As Kuma's MeshService generator: an inbound's `port` (where
+                // the sidecar listens) is the MeshService port; its
+                // `servicePort` is only where that sidecar forwards.
                 let mut ports: Vec<(u16, String)> = Vec::new();
                 for e in endpoints.iter().filter(|e| e.service == service) {
-                    if !ports.iter().any(|(p, _)| *p == e.service_port) {
-                        ports.push((e.service_port, e.protocol.clone()));
+                    if !ports.iter().any(|(p, _)| *p == e.port) {
+                        ports.push((e.port, e.protocol.clone()));
                     }
                 }
                 let labels = Labels::from([
