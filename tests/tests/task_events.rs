@@ -387,3 +387,18 @@ async fn identity_and_template_come_from_what_runtask_actually_ran() {
     );
     assert!(bed.endpoints("default").await.is_empty(), "nothing registered");
 }
+
+#[tokio::test]
+async fn an_exclusive_mesh_addresses_mesh_services_only() {
+    let bed = bed("te-exclusive").await;
+    let mesh_item = loopmesh_tests::mesh_resource_item("default", "Exclusive");
+    bed.client.put_item().table_name(&bed.table).set_item(Some(mesh_item)).send().await.unwrap();
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
+    let Outcome::Registered { services, .. } = out else { panic!("{out:?}") };
+    let kinds: Vec<_> = services.iter().map(|(k, _)| k.kind).collect();
+    assert_eq!(kinds, [ServiceKind::MeshService], "no kuma.io/service VIP or name in Exclusive mode");
+    assert!(bed.services("default").await.keys().all(|sk| sk.starts_with("SVC#ms#")));
+    assert_eq!(bed.endpoints("default").await.len(), 1, "the MeshService has its endpoint");
+}

@@ -45,6 +45,12 @@ impl MeshServicesMode {
     pub fn generates_mesh_services(self) -> bool {
         self != Self::Disabled
     }
+
+    /// Whether `kuma.io/service` services keep their VIPs and names
+    /// (everything but Exclusive, where only MeshServices are addressed).
+    pub fn keeps_service_names(self) -> bool {
+        self != Self::Exclusive
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +78,15 @@ pub(super) fn from_value(value: serde_yaml_ng::Value) -> Result<Mesh, Validation
     validate_resource_name(&mut errors, "name", &name);
     let mode = match raw.mesh_services.and_then(|m| m.mode) {
         None => MeshServicesMode::Disabled,
+        // Needs each Dataplane's reachableBackends, which loopmesh does not
+        // read yet: refused rather than run as Everywhere.
+        Some(m) if m == "ReachableBackends" => {
+            errors.push(
+                "meshServices.mode",
+                "ReachableBackends is not supported yet (it needs each Dataplane's reachableBackends); use Everywhere or Exclusive",
+            );
+            MeshServicesMode::Disabled
+        }
         Some(m) => MeshServicesMode::parse(&m).unwrap_or_else(|| {
             errors.push("meshServices.mode", format!("{m:?} is not one of {}", MeshServicesMode::NAMES.join(", ")));
             MeshServicesMode::Disabled

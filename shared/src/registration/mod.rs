@@ -316,11 +316,15 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
             .collect();
         let mut wanted = Vec::new();
         for service in dp.services() {
-            wanted.push(ServiceUpsert {
-                key: ServiceKey::new(&dp.mesh, ServiceKind::Service, service),
-                ports: Vec::new(),
-                labels: Labels::new(),
-            });
+            // Kuma's Exclusive mode: MeshServices only, no `kuma.io/service`
+            // VIP or name.
+            if mode.keeps_service_names() {
+                wanted.push(ServiceUpsert {
+                    key: ServiceKey::new(&dp.mesh, ServiceKind::Service, service),
+                    ports: Vec::new(),
+                    labels: Labels::new(),
+                });
+            }
             if mode.generates_mesh_services() {
                 // As Kuma's MeshService generator: an inbound's `port` (where
                 // the sidecar listens) is the MeshService port; its
@@ -331,11 +335,14 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                         ports.push((e.port, e.protocol.clone()));
                     }
                 }
-                let labels = Labels::from([
+                let mut labels = Labels::from([
                     ("kuma.io/origin".to_owned(), "zone".to_owned()),
                     ("kuma.io/display-name".to_owned(), service.to_owned()),
                     ("kuma.io/mesh".to_owned(), dp.mesh.clone()),
                 ]);
+                if let Some(zone) = &self.settings.zone_name {
+                    labels.insert("kuma.io/zone".to_owned(), zone.clone());
+                }
                 wanted.push(ServiceUpsert {
                     key: ServiceKey::new(&dp.mesh, ServiceKind::MeshService, service),
                     ports,
