@@ -31,6 +31,7 @@ pub const CLUSTERS: &str = "LOOPMESH_CLUSTERS";
 pub const DNS_FULL_AUDIT_INTERVAL: &str = "LOOPMESH_DNS_FULL_AUDIT_INTERVAL";
 pub const DNS_SHORT_NAMES_MESH: &str = "LOOPMESH_DNS_SHORT_NAMES_MESH";
 pub const TASK_EVENTS_FAILURE_QUEUE: &str = "LOOPMESH_TASK_EVENTS_FAILURE_QUEUE";
+pub const ZONE_NAME: &str = "KUMA_MULTIZONE_ZONE_NAME";
 
 /// One row of the README's configuration table: name, default, rule.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +97,11 @@ pub const VARIABLES: &[Variable] = &[
         rule: "a mesh name (one DNS label): the mesh whose services get <service>.<domain>; other meshes get <service>.<mesh>.<domain>",
     },
     Variable {
+        name: ZONE_NAME,
+        default: "",
+        rule: "the Kuma zone name: the kuma.io/zone label of generated MeshServices (what {{ .Zone }} renders); empty: none",
+    },
+    Variable {
         name: TASK_EVENTS_FAILURE_QUEUE,
         default: "",
         rule: "the URL of task-events' on-failure SQS queue, drained by each reconciliation; empty: none",
@@ -124,6 +130,8 @@ pub struct Settings {
     pub short_names_mesh: String,
     /// task-events' on-failure destination, drained by the reconciliation.
     pub failure_queue_url: Option<String>,
+    /// The Kuma zone this deployment is: generated MeshServices carry it as `kuma.io/zone`.
+    pub zone_name: Option<String>,
 }
 
 /// The four address pools, one per kind of service.
@@ -279,6 +287,7 @@ impl Settings {
                 Err("a mesh name that is one DNS label (letters, digits, '-', '_')".into())
             }
         });
+        let zone_name = (r.lookup)(ZONE_NAME).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let failure_queue_url =
             (r.lookup)(TASK_EVENTS_FAILURE_QUEUE).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let clusters = (r.lookup)(CLUSTERS)
@@ -378,6 +387,7 @@ impl Settings {
                 dns_full_audit_interval,
                 short_names_mesh,
                 failure_queue_url,
+                zone_name,
             }),
             _ => unreachable!("every missing value recorded an error"),
         }

@@ -55,26 +55,37 @@ pub struct Declared {
     pub match_labels: Labels,
 }
 
+/// The labels Kuma's control plane puts on a resource, added to the
+/// operator's (which win): `kuma.io/origin` (`zone` for what a zone applies,
+/// `global` for a MeshMultiZoneService, which lives on the global control
+/// plane) and `kuma.io/mesh`. HostnameGenerators select on them.
+fn with_kuma_labels(labels: &Labels, origin: &str, mesh: &str) -> Labels {
+    let mut out = labels.clone();
+    out.entry("kuma.io/origin".to_owned()).or_insert_with(|| origin.to_owned());
+    out.entry("kuma.io/mesh".to_owned()).or_insert_with(|| mesh.to_owned());
+    out
+}
+
 pub fn declared_service(resource: &Resource) -> Option<Declared> {
     match resource {
         Resource::MeshService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshService, &s.name),
             ports: s.ports.iter().map(|p| (p.port, p.app_protocol.clone())).collect(),
-            labels: s.labels.clone(),
+            labels: with_kuma_labels(&s.labels, "zone", &s.mesh),
             external: Vec::new(),
             match_labels: s.dataplane_tags.clone(),
         }),
         Resource::MeshExternalService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshExternalService, &s.name),
             ports: vec![(s.port, s.protocol.clone())],
-            labels: s.labels.clone(),
+            labels: with_kuma_labels(&s.labels, "zone", &s.mesh),
             external: s.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect(),
             match_labels: Labels::new(),
         }),
         Resource::MeshMultiZoneService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshMultiZoneService, &s.name),
             ports: s.ports.iter().map(|p| (p.port, p.app_protocol.clone())).collect(),
-            labels: s.labels.clone(),
+            labels: with_kuma_labels(&s.labels, "global", &s.mesh),
             external: Vec::new(),
             match_labels: s.match_labels.clone(),
         }),

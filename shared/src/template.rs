@@ -59,6 +59,8 @@ pub enum TemplateError {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
+    #[error("{0} is empty for this resource")]
+    EmptyField(&'static str),
     #[error("the resource has no label {0:?}")]
     MissingLabel(String),
 }
@@ -108,19 +110,48 @@ impl HostnameTemplate {
         &self.source
     }
 
+    /// What this template renders for a stand-in resource whose every field
+    /// and label is `probe`: the shape of every name it will make, which
+    /// validation checks before a generator is accepted.
+    pub fn probe(&self) -> Result<String, RenderError> {
+        let labels: BTreeMap<String, String> = self
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Label(k) => Some((k.clone(), "probe".to_owned())),
+                _ => None,
+            })
+            .collect();
+        self.render(&TemplateInput {
+            name: "probe",
+            display_name: "probe",
+            mesh: "probe",
+            zone: "probe",
+            namespace: "probe",
+            labels: Some(&labels),
+        })
+    }
+
     /// Renders to a lower-case name; the caller checks it is a valid DNS name.
     pub fn render(&self, input: &TemplateInput<'_>) -> Result<String, RenderError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Field(f) => out.push_str(match f {
-                    Field::Name => input.name,
-                    Field::DisplayName => input.display_name,
-                    Field::Mesh => input.mesh,
-                    Field::Zone => input.zone,
-                    Field::Namespace => input.namespace,
-                }),
+                Part::Field(f) => {
+                    let (value, what) = match f {
+                        Field::Name => (input.name, ".Name"),
+                        Field::DisplayName => (input.display_name, ".DisplayName"),
+                        Field::Mesh => (input.mesh, ".Mesh"),
+                        Field::Zone => (input.zone, ".Zone (the kuma.io/zone label)"),
+                        Field::Namespace => (input.namespace, ".Namespace (the k8s.kuma.io/namespace label)"),
+                    };
+                    // An empty field would leave an empty label in the name.
+                    if value.is_empty() {
+                        return Err(RenderError::EmptyField(what));
+                    }
+                    out.push_str(value);
+                }
                 Part::Label(key) => {
                     let value =
                         input.labels.and_then(|l| l.get(key)).ok_or_else(|| RenderError::MissingLabel(key.clone()))?;

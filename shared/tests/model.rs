@@ -302,3 +302,17 @@ fn the_pre_2_11_outbound_list_is_read_not_ignored() {
     let e = parse_one(&bad).unwrap_err();
     assert!(e.to_string().contains("networking.outbound[1].address"), "{e}");
 }
+
+#[test]
+fn reachable_backends_is_refused_until_supported() {
+    let e = parse_one("type: Mesh\nname: default\nmeshServices:\n  mode: ReachableBackends\n").unwrap_err();
+    assert!(e.to_string().contains("meshServices.mode: ReachableBackends is not supported yet"), "{e}");
+    assert!(parse_one("type: Mesh\nname: default\nmeshServices:\n  mode: Exclusive\n").is_ok());
+}
+
+#[test]
+fn a_template_that_cannot_make_a_valid_name_is_refused_at_validate() {
+    let e = parse_one("type: HostnameGenerator\nname: seed\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \".svc.mesh.local\"\n").unwrap_err();
+    assert!(e.to_string().contains("spec.template: renders names like \".svc.mesh.local\""), "{e}");
+    assert!(parse_one("type: HostnameGenerator\nname: ok\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.{{ .Zone }}.svc.mesh.local\"\n").is_ok());
+}

@@ -114,12 +114,14 @@ fn names_of(
         ServiceKind::MeshMultiZoneService => HostnameTarget::MeshMultiZoneService,
     };
     let display = crate::model::display_name(&svc.key.name, &svc.labels);
+    // As Kuma: .Zone and .Namespace come from the resource's labels.
+    let label = |k: &str| svc.labels.get(k).map(String::as_str).unwrap_or_default();
     let input = TemplateInput {
         name: &svc.key.name,
         display_name: display,
         mesh: &svc.key.mesh,
-        zone: "",
-        namespace: "",
+        zone: label("kuma.io/zone"),
+        namespace: label("k8s.kuma.io/namespace"),
         labels: Some(&svc.labels),
     };
     let mut out = Vec::new();
@@ -239,12 +241,12 @@ mod tests {
     #[test]
     fn bad_renders_are_reported_not_published() {
         let g = generator(
-            "type: HostnameGenerator\nname: seed\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \".svc.mesh.local\"\n",
-        );
-        let g2 = generator(
             "type: HostnameGenerator\nname: lbl\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ label \\\"nope\\\" }}.x\"\n",
         );
-        let d = desired(&[svc(ServiceKind::MeshService, "a", 1, 0, &[])], &[g, g2], &settings());
+        let zoned = generator(
+            "type: HostnameGenerator\nname: zoned\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.{{ .Zone }}.svc.mesh.local\"\n",
+        );
+        let d = desired(&[svc(ServiceKind::MeshService, "a", 1, 0, &[])], &[g, zoned], &settings());
         assert!(d.records.is_empty());
         assert_eq!(d.errors.len(), 2);
         assert!(
@@ -252,6 +254,17 @@ mod tests {
             "{:?}",
             d.errors
         );
-        assert!(d.errors[1].1.contains("\".svc.mesh.local\" is not a valid DNS name"), "{:?}", d.errors);
+        assert!(d.errors[1].1.contains(".Zone (the kuma.io/zone label) is empty"), "{:?}", d.errors);
+    }
+
+    #[test]
+    fn zone_and_namespace_come_from_labels_as_in_kuma() {
+        let zoned = generator(
+            "type: HostnameGenerator\nname: zoned\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.{{ .Zone }}.{{ .Namespace }}.svc.mesh.local\"\n",
+        );
+        let kv =
+            svc(ServiceKind::MeshService, "kv", 1, 0, &[("kuma.io/zone", "East"), ("k8s.kuma.io/namespace", "shop")]);
+        let d = desired(&[kv], &[zoned], &settings());
+        assert_eq!(d.records[0].name, "kv.east.shop.svc.mesh.local");
     }
 }

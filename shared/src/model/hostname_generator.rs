@@ -156,9 +156,32 @@ pub(super) fn from_value(value: serde_yaml_ng::Value) -> Result<HostnameGenerato
             errors.push("spec.template", "required, such as \"{{ .DisplayName }}.svc.mesh.local\"");
             None
         }
-        Some(t) => {
-            HostnameTemplate::parse(t).map_err(|e| errors.push("spec.template", format!("does not parse: {e}"))).ok()
-        }
+        Some(t) => match HostnameTemplate::parse(t) {
+            Err(e) => {
+                errors.push("spec.template", format!("does not parse: {e}"));
+                None
+            }
+            // Every name it makes has the shape of this one: a template that
+            // cannot make a valid name (".svc.mesh.local") is refused now.
+            Ok(template) => match template.probe() {
+                Ok(name) if crate::dns_name::validate(&name).is_ok() => Some(template),
+                Ok(name) => {
+                    let why = crate::dns_name::validate(&name).err().map(|e| e.to_string()).unwrap_or_default();
+                    errors.push(
+                        "spec.template",
+                        format!(
+                            "renders names like {} (for a service named \"probe\"), not a valid DNS name: {why}",
+                            crate::excerpt::quoted(&name)
+                        ),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errors.push("spec.template", format!("does not render: {e}"));
+                    None
+                }
+            },
+        },
     };
 
     let zones = match spec.extension {
