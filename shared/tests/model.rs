@@ -81,9 +81,13 @@ fn reference_task_definition_template_renders() {
 }
 
 #[test]
-fn seed_hostname_generators_parse() {
-    let docs = parse_documents(include_str!("fixtures/seed-hostname-generator.yaml"));
+fn seed_hostname_generators_parse_and_the_lost_template_is_refused() {
+    let mut docs = parse_documents(include_str!("fixtures/seed-hostname-generator.yaml"));
     assert_eq!(docs.len(), 2);
+    // The product note's page lost the template's action: ".svc.mesh.local"
+    // can never make a valid name, so it is refused, saying so.
+    let lost = docs.remove(0).unwrap_err().to_string();
+    assert!(lost.contains("spec.template: renders names like \".svc.mesh.local\""), "{lost}");
     for d in docs {
         let Resource::HostnameGenerator(g) = d.unwrap() else { panic!("not a generator") };
         assert_eq!(g.target, HostnameTarget::MeshService);
