@@ -66,6 +66,17 @@ pub async fn role(tags: &[(&str, &str)]) -> String {
 /// Registers a task definition whose sidecar runs `sh -c "... --dataplane-var ..."`
 /// like the Kong Mesh example; `sidecar: false` leaves the sidecar out.
 pub async fn task_definition(role_arn: Option<&str>, service: &str, mesh: &str, sidecar: bool) -> String {
+    task_definition_on_port(role_arn, service, mesh, sidecar, 15000).await
+}
+
+/// As [`task_definition`], with the sidecar's inbound on `port` (the application stays on 5050).
+pub async fn task_definition_on_port(
+    role_arn: Option<&str>,
+    service: &str,
+    mesh: &str,
+    sidecar: bool,
+    port: u16,
+) -> String {
     let ecs = aws_sdk_ecs::Client::new(&sdk_config().await);
     let workload = ContainerDefinition::builder()
         .name("workload")
@@ -74,7 +85,7 @@ pub async fn task_definition(role_arn: Option<&str>, service: &str, mesh: &str, 
         .essential(true)
         .build();
     let command = format!(
-        "loopmesh-sidecar run --cp-address https://controlplane.kongmesh:5678 --dataplane-var dpname=`hostname -s` --dataplane-var address=`hostname -i` --dataplane-var mesh={mesh} --dataplane-var port=15000 --dataplane-var servicePort=5050 --dataplane-var service={service} --dataplane-var protocol=http --auth-type=aws --bind-outbounds"
+        "loopmesh-sidecar run --cp-address https://controlplane.kongmesh:5678 --dataplane-var dpname=`hostname -s` --dataplane-var address=`hostname -i` --dataplane-var mesh={mesh} --dataplane-var port={port} --dataplane-var servicePort=5050 --dataplane-var service={service} --dataplane-var protocol=http --auth-type=aws --bind-outbounds"
     );
     let dp = ContainerDefinition::builder()
         .name("loopmesh-sidecar")
