@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use loopmesh_shared::store::dynamo::DynamoMeshView;
@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::listeners::Listeners;
 use crate::view::{View, build};
+
+/// Whether the VIP port disagreement was logged (once per process).
+static PORT_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// The longest wait between attempts while the source keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -109,13 +112,29 @@ impl Source {
                 Ok(Fetched::New(view, marker))
             }
             Self::Table { reader, mesh, vip_port } => {
-                let generation = reader.generation(mesh).await.map_err(|e| e.to_string())?;
+                let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
                 let marker = Marker::Generation(generation);
                 if seen == Some(&marker) {
                     return Ok(Fetched::Unchanged);
                 }
+                // The table's port is the one names were published for; a
+                // sidecar whose environment says otherwise follows the table.
+                let port = match table_port {
+                    Some(p) if p != *vip_port => {
+                        if !PORT_WARNED.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                table = p,
+                                environment = *vip_port,
+                                "KUMA_DNS_SERVER_SERVICE_VIP_PORT differs from the table's; following the table"
+                            );
+                        }
+                        p
+                    }
+                    Some(p) => p,
+                    None => *vip_port,
+                };
                 let (services, endpoints) = reader.read(mesh).await.map_err(|e| e.to_string())?;
-                Ok(Fetched::New(build(generation, &services, &endpoints, *vip_port), marker))
+                Ok(Fetched::New(build(generation, &services, &endpoints, port), marker))
             }
         }
     }

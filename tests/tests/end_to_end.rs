@@ -255,3 +255,36 @@ async fn a_table_that_hangs_ages_the_view_heals_and_never_blocks_sigterm() {
     .expect("the sidecar exits on SIGTERM while its table hangs");
     assert!(exited.success(), "{exited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_whose_environment_names_another_vip_port_follows_the_table() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "vipport").await;
+    let (_zone, settings) = zone_settings(&table, "vipport.mesh.local").await;
+    let mesh = format!("port{}", fastrand::u32(..));
+    let tags = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", mesh.as_str()), ("kuma.io/service", "redis")];
+    let td = task_definition(Some(&role(&tags).await), "redis", &mesh, true).await;
+    let _redis = task_server(Ipv4Addr::new(127, 0, 0, 71), "redis-1").await;
+    let ev = event("ecs-task-running.json", &td, "redis1", "127.0.0.71", 2);
+    let outcome = registrar(&settings).await.handle(&ev, unix_now()).await.unwrap();
+    let loopmesh_shared::registration::Outcome::Registered { services, .. } = outcome else { panic!("{outcome:?}") };
+    // task-events published names for the default VIP port, 8080.
+    let redis_at = SocketAddr::from((services[0].1, settings.vip_port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let sidecar = Command::new(workspace_binary("loopmesh-sidecar"))
+        .args(["run", "--bind-outbounds", "--mesh", &mesh, "--admin-address", &admin.to_string()])
+        .args(["--refresh-interval", "200ms"])
+        .env("LOOPMESH_TABLE_NAME", &table)
+        .env("KUMA_DNS_SERVER_SERVICE_VIP_PORT", "18080")
+        .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _sidecar = ChildGuard(sidecar);
+    eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
+    assert_eq!(ask(redis_at).await, "redis-1", "the sidecar listens where the names point, :8080");
+    let other = SocketAddr::from((services[0].1, 18080));
+    assert!(std::net::TcpStream::connect(other).is_err(), "not on its environment's port");
+}

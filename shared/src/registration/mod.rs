@@ -75,6 +75,9 @@ pub struct Registration {
     pub services: Vec<ServiceUpsert>,
     /// A service got its VIP in this registration: dns-sync has work.
     pub dns_changed: bool,
+    /// `KUMA_DNS_SERVER_SERVICE_VIP_PORT`, written with the mesh view so
+    /// sidecars listen on the port the names were published for.
+    pub vip_port: u16,
     pub now: UnixSeconds,
 }
 
@@ -374,6 +377,7 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 endpoints: endpoints.clone(),
                 services: wanted.clone(),
                 dns_changed,
+                vip_port: self.settings.vip_port,
                 now,
             };
             match self.registry.register(&reg).await? {

@@ -109,6 +109,8 @@ pub mod attr {
     /// Set while an applied resource declares the service: never collected.
     pub const DECLARED: &str = "declared";
     pub const GENERATION: &str = "generation";
+    /// On a mesh's VIEW item: `KUMA_DNS_SERVER_SERVICE_VIP_PORT` as the functions have it.
+    pub const VIP_PORT: &str = "vip_port";
     pub const UPDATED_AT: &str = "updated_at";
     pub const REASON: &str = "reason";
     /// On a conflict: a record loopmesh did not create holds the name.

@@ -21,20 +21,24 @@ impl DynamoMeshView {
         Self { client, table: table.into() }
     }
 
-    /// The mesh's view generation; 0 while nothing was ever registered.
+    /// The mesh's view generation (0 while nothing was ever registered) and
+    /// the VIP port the functions published names for, if they wrote one.
     /// Eventually consistent and projected: half a read unit when idle.
-    pub async fn generation(&self, mesh: &str) -> Result<u64, StoreError> {
+    pub async fn generation(&self, mesh: &str) -> Result<(u64, Option<u16>), StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(keys::mesh_pk(mesh), keys::VIEW_SK.to_owned())))
-            .projection_expression("#g")
+            .projection_expression("#g, #p")
             .expression_attribute_names("#g", attr::GENERATION)
+            .expression_attribute_names("#p", attr::VIP_PORT)
             .send()
             .await
             .map_err(|e| sdk_error("GetItem", &self.table, e))?;
-        Ok(out.item().map(|i| num(i, attr::GENERATION)).unwrap_or(0))
+        let item = out.item();
+        let port = item.and_then(|i| u16::try_from(num(i, attr::VIP_PORT)).ok()).filter(|p| *p != 0);
+        Ok((item.map(|i| num(i, attr::GENERATION)).unwrap_or(0), port))
     }
 
     /// The mesh's services and endpoints.

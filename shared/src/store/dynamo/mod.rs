@@ -206,18 +206,34 @@ pub(crate) fn bump_generation(
     sk: &str,
     now: crate::vip::UnixSeconds,
 ) -> Result<TransactWriteItem, StoreError> {
+    bump_view(table, pk, sk, now, None)
+}
+
+/// [`bump_generation`], also setting the VIP port sidecars listen on, so
+/// functions and sidecars can never disagree about it.
+pub(crate) fn bump_view(
+    table: &str,
+    pk: String,
+    sk: &str,
+    now: crate::vip::UnixSeconds,
+    vip_port: Option<u16>,
+) -> Result<TransactWriteItem, StoreError> {
     use super::keys::attr;
-    let u = aws_sdk_dynamodb::types::Update::builder()
+    let mut u = aws_sdk_dynamodb::types::Update::builder()
         .table_name(table)
         .set_key(Some(key(pk, sk.to_owned())))
-        .update_expression("ADD #g :one SET #u = :now")
         .expression_attribute_names("#g", attr::GENERATION)
         .expression_attribute_names("#u", attr::UPDATED_AT)
         .expression_attribute_values(":one", n(1))
-        .expression_attribute_values(":now", n(now))
-        .build()
-        .map_err(|e| build_err(table, e))?;
-    Ok(TransactWriteItem::builder().update(u).build())
+        .expression_attribute_values(":now", n(now));
+    u = match vip_port {
+        Some(p) => u
+            .update_expression("ADD #g :one SET #u = :now, #p = :p")
+            .expression_attribute_names("#p", attr::VIP_PORT)
+            .expression_attribute_values(":p", n(p.into())),
+        None => u.update_expression("ADD #g :one SET #u = :now"),
+    };
+    Ok(TransactWriteItem::builder().update(u.build().map_err(|e| build_err(table, e))?).build())
 }
 
 /// Bumps the DNS state's generation so dns-sync runs, and adds `mesh` to

@@ -149,7 +149,7 @@ impl Registry for DynamoRegistry {
             }
             items.push(TransactWriteItem::builder().update(u.build().map_err(|e| self.err(e))?).build());
         }
-        items.push(bump_generation(&self.table, mesh_pk, keys::VIEW_SK, reg.now)?);
+        items.push(super::bump_view(&self.table, mesh_pk, keys::VIEW_SK, reg.now, Some(reg.vip_port))?);
         if reg.dns_changed {
             // dns-sync learns of the change, and of the mesh to read services from.
             items.push(super::bump_dns(&self.table, Some(&reg.mesh), reg.now)?);
