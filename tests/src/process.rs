@@ -102,6 +102,33 @@ impl Forwarder {
     }
 }
 
+/// A `loopmesh-sidecar` that binds the VIPs of `mesh`, read from `table`
+/// (through `aws_endpoint` when given: a forwarder that can fail), with its
+/// admin endpoint on `admin`, a 200 ms refresh, and extra `args` and `env`.
+pub fn table_sidecar(
+    table: &str,
+    mesh: &str,
+    admin: SocketAddr,
+    aws_endpoint: Option<&str>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ChildGuard {
+    let mut cmd = std::process::Command::new(workspace_binary("loopmesh-sidecar"));
+    cmd.args(["run", "--bind-outbounds", "--mesh", mesh, "--admin-address", &admin.to_string()])
+        .args(["--refresh-interval", "200ms"])
+        .args(args)
+        .env("LOOPMESH_TABLE_NAME", table)
+        .envs(env.iter().copied())
+        .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(url) = aws_endpoint {
+        cmd.env("AWS_ENDPOINT_URL", url);
+    }
+    ChildGuard(cmd.spawn().expect("start loopmesh-sidecar"))
+}
+
 /// `GET path` on the sidecar's admin address: (status, body); (0, "") when nothing listens.
 pub fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     let Ok(mut s) = std::net::TcpStream::connect(admin) else { return (0, String::new()) };

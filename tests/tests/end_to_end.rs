@@ -15,7 +15,9 @@ use loopmesh_shared::store::dynamo::DynamoVipLedger;
 use loopmesh_shared::vip::{ServiceKey, ServiceKind, VipPool, allocate, unix_now};
 use loopmesh_tests::dns::{a_records, syncer, zone_settings};
 use loopmesh_tests::ecs::{DATAPLANE_TEMPLATE, event, registrar, role, task_definition};
-use loopmesh_tests::process::{ChildGuard, Forwarder, admin_get, eventually, free_port, metric, workspace_binary};
+use loopmesh_tests::process::{
+    ChildGuard, Forwarder, admin_get, eventually, free_port, metric, table_sidecar, workspace_binary,
+};
 use loopmesh_tests::{dynamo_client, endpoint, fresh_table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -193,19 +195,8 @@ async fn a_table_that_hangs_ages_the_view_heals_and_never_blocks_sigterm() {
 
     let aws = Forwarder::start(&endpoint()).await;
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let sidecar = Command::new(workspace_binary("loopmesh-sidecar"))
-        .args(["run", "--bind-outbounds", "--admin-address", &admin.to_string(), "--refresh-interval", "200ms"])
-        .args(["--mesh", &mesh, "--drain-timeout", "1s"])
-        .env("LOOPMESH_TABLE_NAME", &table)
-        .env("AWS_ENDPOINT_URL", &aws.url)
-        .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
-        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = sidecar.id();
-    let mut sidecar = ChildGuard(sidecar);
+    let mut sidecar = table_sidecar(&table, &mesh, admin, Some(&aws.url), &["--drain-timeout", "1s"], &[]);
+    let pid = sidecar.0.id();
     eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
     assert_eq!(ask(redis_at).await, "redis-1");
 
@@ -271,18 +262,7 @@ async fn a_sidecar_whose_environment_names_another_vip_port_follows_the_table() 
     // task-events published names for the default VIP port, 8080.
     let redis_at = SocketAddr::from((services[0].1, settings.vip_port));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let sidecar = Command::new(workspace_binary("loopmesh-sidecar"))
-        .args(["run", "--bind-outbounds", "--mesh", &mesh, "--admin-address", &admin.to_string()])
-        .args(["--refresh-interval", "200ms"])
-        .env("LOOPMESH_TABLE_NAME", &table)
-        .env("KUMA_DNS_SERVER_SERVICE_VIP_PORT", "18080")
-        .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
-        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _sidecar = ChildGuard(sidecar);
+    let _sidecar = table_sidecar(&table, &mesh, admin, None, &[], &[("KUMA_DNS_SERVER_SERVICE_VIP_PORT", "18080")]);
     eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
     assert_eq!(ask(redis_at).await, "redis-1", "the sidecar listens where the names point, :8080");
     let other = SocketAddr::from((services[0].1, 18080));

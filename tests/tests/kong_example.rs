@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use loopmesh_shared::dns::sync::Trigger;
@@ -15,7 +14,7 @@ use loopmesh_shared::store::dynamo::{DynamoResources, DynamoVipLedger};
 use loopmesh_shared::vip::unix_now;
 use loopmesh_tests::dns::{a_records, private_zone, syncer, zone_settings};
 use loopmesh_tests::ecs::{event, registrar, role, task_definition_on_port};
-use loopmesh_tests::process::{ChildGuard, admin_get, eventually, free_port, workspace_binary};
+use loopmesh_tests::process::{admin_get, eventually, free_port, table_sidecar};
 use loopmesh_tests::{dynamo_client, endpoint, fresh_table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,17 +74,7 @@ async fn kongs_example_resources_carry_traffic_for_kv_by_both_names() {
 
     // A demo sidecar reads the table and carries both.
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let child = Command::new(workspace_binary("loopmesh-sidecar"))
-        .args(["run", "--bind-outbounds", "--mesh", "default", "--admin-address", &admin.to_string()])
-        .args(["--refresh-interval", "200ms"])
-        .env("LOOPMESH_TABLE_NAME", &table)
-        .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
-        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _sidecar = ChildGuard(child);
+    let _sidecar = table_sidecar(&table, "default", admin, None, &[], &[]);
     eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
     for at in [SocketAddr::from((svc, 15050)), SocketAddr::from((mzms, 15050))] {
         eventually("the listener", WAIT, || std::net::TcpStream::connect(at).is_ok()).await;

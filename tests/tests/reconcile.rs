@@ -5,12 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use aws_sdk_ecs::types::{AssignPublicIp, AwsVpcConfiguration, LaunchType, NetworkConfiguration};
 use loopmesh_shared::aws::ecs::EcsRunningTasks;
 use loopmesh_shared::registration::Outcome;
 use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::unix_now;
-use loopmesh_tests::ecs::{default_subnet, event, registrar, role, settings, task_definition, tasks_stay_running};
+use loopmesh_tests::ecs::{event, registrar, role, run_tasks, settings, task_definition, tasks_stay_running};
 use loopmesh_tests::{attr_s, dynamo_client, fresh_table, query_prefix, sdk_config, unique};
 
 /// The task ARNs that have endpoints in `mesh`.
@@ -34,27 +33,8 @@ async fn lost_events_are_repaired_both_ways_by_the_reconciliation() {
     let tasks = EcsRunningTasks::new(ecs.clone());
 
     // Three tasks start; every event is lost.
-    let network = NetworkConfiguration::builder()
-        .awsvpc_configuration(
-            AwsVpcConfiguration::builder()
-                .subnets(default_subnet().await)
-                .security_groups("sg-0123456789abcdef0")
-                .assign_public_ip(AssignPublicIp::Disabled)
-                .build()
-                .unwrap(),
-        )
-        .build();
-    let started = ecs
-        .run_task()
-        .cluster(&cluster)
-        .task_definition(&td)
-        .launch_type(LaunchType::Fargate)
-        .network_configuration(network)
-        .count(3)
-        .send()
-        .await
-        .unwrap();
-    let arns: BTreeSet<String> = started.tasks().iter().map(|t| t.task_arn().unwrap().to_owned()).collect();
+    let started = run_tasks(&cluster, &td, 3).await;
+    let arns: BTreeSet<String> = started.iter().map(|t| t.task_arn().unwrap().to_owned()).collect();
     assert_eq!(arns.len(), 3);
 
     let report = registrar.reconcile(&tasks, unix_now()).await.unwrap();
