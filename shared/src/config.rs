@@ -32,6 +32,7 @@ pub const DNS_FULL_AUDIT_INTERVAL: &str = "LOOPMESH_DNS_FULL_AUDIT_INTERVAL";
 pub const DNS_SHORT_NAMES_MESH: &str = "LOOPMESH_DNS_SHORT_NAMES_MESH";
 pub const TASK_EVENTS_FAILURE_QUEUE: &str = "LOOPMESH_TASK_EVENTS_FAILURE_QUEUE";
 pub const ZONE_NAME: &str = "KUMA_MULTIZONE_ZONE_NAME";
+pub const REGISTER_AT: &str = "LOOPMESH_REGISTER_AT";
 
 /// One row of the README's configuration table: name, default, rule.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +98,11 @@ pub const VARIABLES: &[Variable] = &[
         rule: "a mesh name (one DNS label): the mesh whose services get <service>.<domain>; other meshes get <service>.<mesh>.<domain>",
     },
     Variable {
+        name: REGISTER_AT,
+        default: "healthy",
+        rule: "healthy or running: when a task whose definition has container health checks gets its endpoints",
+    },
+    Variable {
         name: ZONE_NAME,
         default: "",
         rule: "the Kuma zone name: the kuma.io/zone label of generated MeshServices (what {{ .Zone }} renders); empty: none",
@@ -132,6 +138,8 @@ pub struct Settings {
     pub failure_queue_url: Option<String>,
     /// The Kuma zone this deployment is: generated MeshServices carry it as `kuma.io/zone`.
     pub zone_name: Option<String>,
+    /// Register a task with container health checks only once ECS says it is HEALTHY.
+    pub register_when_healthy: bool,
 }
 
 /// The four address pools, one per kind of service.
@@ -287,6 +295,11 @@ impl Settings {
                 Err("a mesh name that is one DNS label (letters, digits, '-', '_')".into())
             }
         });
+        let register_when_healthy = r.read(REGISTER_AT, |v| match v.to_ascii_lowercase().as_str() {
+            "healthy" => Ok(true),
+            "running" => Ok(false),
+            _ => Err("healthy or running".into()),
+        });
         let zone_name = (r.lookup)(ZONE_NAME).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let failure_queue_url =
             (r.lookup)(TASK_EVENTS_FAILURE_QUEUE).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
@@ -359,6 +372,7 @@ impl Settings {
             vip_quarantine,
             dns_full_audit_interval,
             short_names_mesh,
+            register_when_healthy,
         ) {
             (
                 Some(dns_domain),
@@ -372,6 +386,7 @@ impl Settings {
                 Some(vip_quarantine),
                 Some(dns_full_audit_interval),
                 Some(short_names_mesh),
+                Some(register_when_healthy),
             ) => Ok(Self {
                 dns_domain,
                 vip_port,
@@ -388,6 +403,7 @@ impl Settings {
                 short_names_mesh,
                 failure_queue_url,
                 zone_name,
+                register_when_healthy,
             }),
             _ => unreachable!("every missing value recorded an error"),
         }

@@ -66,7 +66,7 @@ pub async fn role(tags: &[(&str, &str)]) -> String {
 /// Registers a task definition whose sidecar runs `sh -c "... --dataplane-var ..."`
 /// like the Kong Mesh example; `sidecar: false` leaves the sidecar out.
 pub async fn task_definition(role_arn: Option<&str>, service: &str, mesh: &str, sidecar: bool) -> String {
-    task_definition_on_port(role_arn, service, mesh, sidecar, 15000).await
+    task_definition_on_port(role_arn, service, mesh, sidecar, 15000, false).await
 }
 
 /// As [`task_definition`], with the sidecar's inbound on `port` (the application stays on 5050).
@@ -76,14 +76,24 @@ pub async fn task_definition_on_port(
     mesh: &str,
     sidecar: bool,
     port: u16,
+    health_check: bool,
 ) -> String {
     let ecs = aws_sdk_ecs::Client::new(&sdk_config().await);
-    let workload = ContainerDefinition::builder()
+    let mut workload = ContainerDefinition::builder()
         .name("workload")
         .image("ghcr.io/kumahq/kuma-counter-demo")
         .memory(256)
-        .essential(true)
-        .build();
+        .essential(true);
+    if health_check {
+        workload = workload.health_check(
+            aws_sdk_ecs::types::HealthCheck::builder()
+                .command("CMD-SHELL")
+                .command("curl -f http://localhost:5050/ || exit 1")
+                .build()
+                .expect("health check"),
+        );
+    }
+    let workload = workload.build();
     let command = format!(
         "loopmesh-sidecar run --cp-address https://controlplane.kongmesh:5678 --dataplane-var dpname=`hostname -s` --dataplane-var address=`hostname -i` --dataplane-var mesh={mesh} --dataplane-var port={port} --dataplane-var servicePort=5050 --dataplane-var service={service} --dataplane-var protocol=http --auth-type=aws --bind-outbounds"
     );

@@ -54,7 +54,7 @@ async fn kongs_example_resources_carry_traffic_for_kv_by_both_names() {
         }
     });
     let tags = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "kv")];
-    let td = task_definition_on_port(Some(&role(&tags).await), "kv", "default", true, 15050).await;
+    let td = task_definition_on_port(Some(&role(&tags).await), "kv", "default", true, 15050, false).await;
     let outcome = registrar(&settings)
         .await
         .handle(&event("ecs-task-running.json", &td, "kv1", "127.0.0.61", 2), unix_now())

@@ -402,3 +402,34 @@ async fn an_exclusive_mesh_addresses_mesh_services_only() {
     assert!(bed.services("default").await.keys().all(|sk| sk.starts_with("SVC#ms#")));
     assert_eq!(bed.endpoints("default").await.len(), 1, "the MeshService has its endpoint");
 }
+
+#[tokio::test]
+async fn a_task_with_health_checks_takes_traffic_once_healthy() {
+    let first = bed("te-healthy").await;
+    let r = registrar(&settings(&first.table, &[])).await;
+    let tags = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", "default"), ("kuma.io/service", "demo-app")];
+    let td = loopmesh_tests::ecs::task_definition_on_port(
+        Some(&role(&tags).await),
+        "demo-app",
+        "default",
+        true,
+        15000,
+        true,
+    )
+    .await;
+    let mut ev = event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3);
+    ev["detail"]["healthStatus"] = "UNKNOWN".into();
+    let out = r.handle(&ev, NOW).await.unwrap();
+    assert!(matches!(out, Outcome::Ignored { why } if why.contains("HEALTHY")), "{out:?}");
+    assert!(first.endpoints("default").await.is_empty(), "no traffic before the health checks pass");
+    ev["detail"]["healthStatus"] = "HEALTHY".into();
+    ev["detail"]["version"] = 4.into();
+    assert!(matches!(r.handle(&ev, NOW).await.unwrap(), Outcome::Registered { .. }));
+    assert_eq!(first.endpoints("default").await.len(), 1);
+    // LOOPMESH_REGISTER_AT=running registers at RUNNING, as before.
+    let bed2 = bed("te-running").await;
+    let r2 = registrar(&settings(&bed2.table, &[("LOOPMESH_REGISTER_AT", "running")])).await;
+    let mut early = event("ecs-task-running.json", &td, "t2", "10.0.1.11", 3);
+    early["detail"]["healthStatus"] = "UNKNOWN".into();
+    assert!(matches!(r2.handle(&early, NOW).await.unwrap(), Outcome::Registered { .. }));
+}

@@ -45,6 +45,7 @@ impl TaskDefinitions for EcsTaskDefinitions {
                 .iter()
                 .map(|c| ContainerDoc {
                     name: c.name().unwrap_or_default().to_owned(),
+                    health_check: c.health_check().is_some(),
                     environment: c
                         .environment()
                         .iter()
@@ -142,6 +143,7 @@ fn detail(t: &aws_sdk_ecs::types::Task) -> EcsTaskStateChange {
         availability_zone: t.availability_zone().map(str::to_owned),
         launch_type: t.launch_type().map(|l| l.as_str().to_owned()),
         stopped_reason: t.stopped_reason().map(str::to_owned),
+        health_status: t.health_status().map(|h| h.as_str().to_owned()),
         attachments: t
             .attachments()
             .iter()

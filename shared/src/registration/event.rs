@@ -32,6 +32,9 @@ pub struct EcsTaskStateChange {
     pub launch_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_reason: Option<String>,
+    /// HEALTHY, UNHEALTHY or UNKNOWN: the task's containers' health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
     #[serde(default)]
     pub attachments: Vec<Attachment>,
     #[serde(default)]
@@ -135,6 +138,8 @@ pub struct TaskEvent {
     /// The task's private IPv4 (awsvpc ENI), when the event carries one.
     pub address: Option<IpAddr>,
     pub overrides: Overrides,
+    /// ECS says the task's health checks pass.
+    pub healthy: bool,
 }
 
 impl TaskEvent {
@@ -215,6 +220,7 @@ pub fn from_detail(d: EcsTaskStateChange) -> Result<TaskEvent, ValidationErrors>
         availability_zone: d.availability_zone.filter(|z| !z.is_empty()),
         address,
         overrides: d.overrides,
+        healthy: d.health_status.as_deref() == Some("HEALTHY"),
     })
 }
 

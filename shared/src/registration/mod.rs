@@ -265,6 +265,11 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
             tracing::debug!(task = %ev.task_arn, task_definition = %td.arn, "no sidecar container; skipped");
             return Ok(Outcome::NoSidecar);
         };
+        // A task whose containers have health checks takes traffic once ECS
+        // says it is HEALTHY (ECS sends another state change then).
+        if self.settings.register_when_healthy && td.containers.iter().any(|c| c.health_check) && !ev.healthy {
+            return Ok(Outcome::Ignored { why: "waiting for the task's health checks to pass (HEALTHY)" });
+        }
         // The role decides first: a task whose role cannot register anything
         // costs no template parse.
         let Some(role) = td.task_role_arn.as_deref() else {

@@ -21,6 +21,8 @@ pub struct TaskDefinitionDoc {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerDoc {
     pub name: String,
+    /// The container has an ECS health check: the task's health is known.
+    pub health_check: bool,
     pub environment: Vec<(String, String)>,
     pub entry_point: Vec<String>,
     pub command: Vec<String>,
@@ -248,6 +250,7 @@ mod tests {
                     environment: vec![(TEMPLATE_ENV.into(), "type: Dataplane".into())],
                     entry_point: vec!["sh".into(), "-c".into()],
                     command: vec!["kuma-dp run --cp-address https://cp:5678 --dataplane-var dpname=`hostname -s` --dataplane-var address=`hostname -i` --dataplane-var mesh=default --dataplane-var=port=15000 --dataplane-var service=demo-app --bind-outbounds".into()],
+                    health_check: false,
                 },
             ],
         }
