@@ -19,6 +19,8 @@ use crate::output::table;
 pub struct Status {
     pub meshes: Vec<MeshStatus>,
     pub refusals: Vec<RefusalRow>,
+    /// Tasks whose definition has no loopmesh sidecar.
+    pub skipped: Vec<RefusalRow>,
     pub conflicts: Vec<ConflictRow>,
     /// The counts of the last dns-sync run.
     pub last_sync: Option<serde_json::Value>,
@@ -143,7 +145,13 @@ pub async fn gather(
         });
     }
     if !full {
-        return Ok(Status { meshes: out, refusals: Vec::new(), conflicts: Vec::new(), last_sync: None });
+        return Ok(Status {
+            meshes: out,
+            refusals: Vec::new(),
+            skipped: Vec::new(),
+            conflicts: Vec::new(),
+            last_sync: None,
+        });
     }
     let refusals = status
         .refusals()
@@ -151,7 +159,13 @@ pub async fn gather(
         .into_iter()
         .filter(|r| only_mesh.is_none_or(|m| r.mesh == m || r.mesh.is_empty()))
         .collect();
-    Ok(Status { meshes: out, refusals, conflicts: status.conflicts().await?, last_sync: status.last_sync().await? })
+    Ok(Status {
+        meshes: out,
+        refusals,
+        skipped: status.skipped().await?,
+        conflicts: status.conflicts().await?,
+        last_sync: status.last_sync().await?,
+    })
 }
 
 fn or_dash(v: &[String]) -> String {
@@ -222,6 +236,8 @@ pub fn render(status: &Status) -> String {
     let refusals: Vec<Vec<String>> =
         status.refusals.iter().map(|r| vec![r.task_arn.clone(), r.mesh.clone(), r.reason.clone()]).collect();
     let _ = writeln!(out, "IDENTITY REFUSALS\n{}", table(&["TASK", "MESH", "REASON"], &refusals));
+    let skipped: Vec<Vec<String>> = status.skipped.iter().map(|r| vec![r.task_arn.clone(), r.reason.clone()]).collect();
+    let _ = writeln!(out, "TASKS WITHOUT A SIDECAR\n{}", table(&["TASK", "WHY"], &skipped));
     let conflicts: Vec<Vec<String>> =
         status.conflicts.iter().map(|c| vec![c.zone.clone(), c.name.clone(), c.reason.clone()]).collect();
     let _ = writeln!(out, "DNS CONFLICTS\n{}", table(&["ZONE", "NAME", "REASON"], &conflicts));

@@ -186,7 +186,13 @@ async fn tasks_without_a_sidecar_are_skipped() {
     let td = task_definition(Some(&role), "plain", "default", false).await;
     let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
     assert_eq!(out, Outcome::NoSidecar);
-    assert_eq!(item_count(&bed.client, &bed.table).await, 0);
+    // Nothing registered; only the note `loopmesh status` lists it by.
+    assert_eq!(item_count(&bed.client, &bed.table).await, 1);
+    let status = loopmesh_shared::store::dynamo::DynamoStatus::new(bed.client.clone(), &bed.table);
+    let skipped = status.skipped().await.unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].task_arn.ends_with("/t1"), "{skipped:?}");
+    assert!(skipped[0].reason.contains("KUMA_DATAPLANE_RUNTIME_RESOURCE"), "{skipped:?}");
 }
 
 #[tokio::test]

@@ -155,6 +155,10 @@ impl Registry for Table {
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+    async fn record_skipped(&self, _skipped: &RefusalRecord) -> Result<(), StoreError> {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
     async fn mesh_mode(&self, _mesh: &str) -> Result<MeshServicesMode, StoreError> {
         self.charge(1, 100);
         Ok(MeshServicesMode::default())

@@ -134,6 +134,8 @@ pub trait Registry: Send + Sync {
         now: UnixSeconds,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
     fn record_refusal(&self, refusal: &RefusalRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records a task skipped because its definition has no sidecar.
+    fn record_skipped(&self, skipped: &RefusalRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn mesh_mode(&self, mesh: &str) -> impl Future<Output = Result<MeshServicesMode, StoreError>> + Send;
     /// The ARNs of every task that has an endpoint in the table.
     fn registered_tasks(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
@@ -263,6 +265,15 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
         let td = if ev.overrides.is_empty() { td } else { Arc::new(td.with_overrides(&ev.overrides)) };
         let Some(spec) = find_sidecar(&td) else {
             tracing::debug!(task = %ev.task_arn, task_definition = %td.arn, "no sidecar container; skipped");
+            let skipped = RefusalRecord {
+                task_arn: ev.task_arn.clone(),
+                task_definition_arn: ev.task_definition_arn.clone(),
+                cluster_arn: ev.cluster_arn.clone(),
+                mesh: None,
+                reason: format!("no container of {} has {}", td.arn, sidecar_spec::TEMPLATE_ENV),
+                at: now,
+            };
+            self.registry.record_skipped(&skipped).await?;
             return Ok(Outcome::NoSidecar);
         };
         // A task whose containers have health checks takes traffic once ECS

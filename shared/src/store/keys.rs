@@ -76,6 +76,11 @@ pub fn refusal_sk(task_arn: &str) -> String {
     format!("REFUSAL#{task_arn}")
 }
 
+/// A task whose definition has no loopmesh sidecar, for `loopmesh status`.
+pub fn skipped_sk(task_arn: &str) -> String {
+    format!("SKIPPED#{task_arn}")
+}
+
 /// An applied resource; a Mesh lives in its own mesh's partition.
 pub fn resource_sk(kind: &str, name: &str) -> String {
     format!("RES#{kind}#{name}")

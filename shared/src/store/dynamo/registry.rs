@@ -37,6 +37,30 @@ impl DynamoRegistry {
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
         build_err(&self.table, e)
     }
+
+    /// An operator-facing status item about a task, kept 48 hours.
+    async fn put_status(&self, sk: String, r: &RefusalRecord) -> Result<(), StoreError> {
+        let mut item = key(keys::STATUS_PK.into(), sk);
+        item.extend([
+            (attr::TASK_ARN.into(), s(&r.task_arn)),
+            (attr::TASK_DEFINITION_ARN.into(), s(&r.task_definition_arn)),
+            (attr::CLUSTER_ARN.into(), s(&r.cluster_arn)),
+            (attr::REASON.into(), s(&r.reason)),
+            (attr::AT.into(), n(r.at)),
+            (attr::EXPIRES_AT.into(), n(r.at + REFUSAL_RETENTION)),
+        ]);
+        if let Some(m) = &r.mesh {
+            item.insert(attr::MESH.into(), s(m));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", &self.table, e))?;
+        Ok(())
+    }
 }
 
 fn list(values: impl IntoIterator<Item = String>) -> AttributeValue {
@@ -259,26 +283,11 @@ impl Registry for DynamoRegistry {
     }
 
     async fn record_refusal(&self, r: &RefusalRecord) -> Result<(), StoreError> {
-        let mut item = key(keys::STATUS_PK.into(), keys::refusal_sk(&r.task_arn));
-        item.extend([
-            (attr::TASK_ARN.into(), s(&r.task_arn)),
-            (attr::TASK_DEFINITION_ARN.into(), s(&r.task_definition_arn)),
-            (attr::CLUSTER_ARN.into(), s(&r.cluster_arn)),
-            (attr::REASON.into(), s(&r.reason)),
-            (attr::AT.into(), n(r.at)),
-            (attr::EXPIRES_AT.into(), n(r.at + REFUSAL_RETENTION)),
-        ]);
-        if let Some(m) = &r.mesh {
-            item.insert(attr::MESH.into(), s(m));
-        }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", &self.table, e))?;
-        Ok(())
+        self.put_status(keys::refusal_sk(&r.task_arn), r).await
+    }
+
+    async fn record_skipped(&self, r: &RefusalRecord) -> Result<(), StoreError> {
+        self.put_status(keys::skipped_sk(&r.task_arn), r).await
     }
 
     async fn registered_tasks(&self) -> Result<Vec<String>, StoreError> {

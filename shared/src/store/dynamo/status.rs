@@ -48,11 +48,20 @@ impl DynamoStatus {
     }
 
     pub async fn refusals(&self) -> Result<Vec<RefusalRow>, StoreError> {
-        let items = query(&self.client, &self.table, keys::STATUS_PK, "REFUSAL#", None).await?;
+        self.task_rows("REFUSAL#").await
+    }
+
+    /// Tasks skipped because their definition has no loopmesh sidecar.
+    pub async fn skipped(&self) -> Result<Vec<RefusalRow>, StoreError> {
+        self.task_rows("SKIPPED#").await
+    }
+
+    async fn task_rows(&self, prefix: &str) -> Result<Vec<RefusalRow>, StoreError> {
+        let items = query(&self.client, &self.table, keys::STATUS_PK, prefix, None).await?;
         Ok(items
             .iter()
             .map(|i| RefusalRow {
-                task_arn: text(i, keys::SK).and_then(|s| s.strip_prefix("REFUSAL#")).unwrap_or_default().to_owned(),
+                task_arn: text(i, keys::SK).and_then(|s| s.strip_prefix(prefix)).unwrap_or_default().to_owned(),
                 mesh: text(i, attr::MESH).unwrap_or_default().to_owned(),
                 reason: text(i, attr::REASON).unwrap_or_default().to_owned(),
                 at: num(i, attr::AT),
