@@ -221,15 +221,24 @@ async fn malformed_and_foreign_events_name_the_field_and_write_nothing() {
     assert_eq!(item_count(&bed.client, &bed.table).await, 0);
 }
 
-#[tokio::test]
-async fn mesh_service_mode_also_yields_a_mesh_service() {
-    let bed = bed("te-ms").await;
-    let mesh_item = loopmesh_tests::mesh_resource_item("default", "Everywhere");
+/// A demo-app task registered in mesh `default` whose `meshServices.mode` is `mode`.
+async fn registered_in_mode(
+    name: &str,
+    mode: &str,
+) -> (Bed, Vec<(loopmesh_shared::vip::ServiceKey, std::net::Ipv4Addr)>) {
+    let bed = bed(name).await;
+    let mesh_item = loopmesh_tests::mesh_resource_item("default", mode);
     bed.client.put_item().table_name(&bed.table).set_item(Some(mesh_item)).send().await.unwrap();
     let r = registrar(&settings(&bed.table, &[])).await;
     let td = demo_task_definition().await;
     let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
     let Outcome::Registered { services, .. } = out else { panic!("{out:?}") };
+    (bed, services)
+}
+
+#[tokio::test]
+async fn mesh_service_mode_also_yields_a_mesh_service() {
+    let (bed, services) = registered_in_mode("te-ms", "Everywhere").await;
     let kinds: Vec<_> = services.iter().map(|(k, _)| k.kind).collect();
     assert_eq!(kinds, [ServiceKind::Service, ServiceKind::MeshService]);
     let ms = &services[1].1;
@@ -396,13 +405,7 @@ async fn identity_and_template_come_from_what_runtask_actually_ran() {
 
 #[tokio::test]
 async fn an_exclusive_mesh_addresses_mesh_services_only() {
-    let bed = bed("te-exclusive").await;
-    let mesh_item = loopmesh_tests::mesh_resource_item("default", "Exclusive");
-    bed.client.put_item().table_name(&bed.table).set_item(Some(mesh_item)).send().await.unwrap();
-    let r = registrar(&settings(&bed.table, &[])).await;
-    let td = demo_task_definition().await;
-    let out = r.handle(&event("ecs-task-running.json", &td, "t1", "10.0.1.10", 3), NOW).await.unwrap();
-    let Outcome::Registered { services, .. } = out else { panic!("{out:?}") };
+    let (bed, services) = registered_in_mode("te-exclusive", "Exclusive").await;
     let kinds: Vec<_> = services.iter().map(|(k, _)| k.kind).collect();
     assert_eq!(kinds, [ServiceKind::MeshService], "no kuma.io/service VIP or name in Exclusive mode");
     assert!(bed.services("default").await.keys().all(|sk| sk.starts_with("SVC#ms#")));
