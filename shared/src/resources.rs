@@ -53,6 +53,9 @@ pub struct Declared {
     /// MeshMultiZoneService: its MeshService selector. MeshService: its
     /// dataplane tags (the `kuma.io/service` whose endpoints back it).
     pub match_labels: Labels,
+    /// MeshService ports whose traffic goes to another inbound port
+    /// (`targetPort`): (port, target).
+    pub targets: Vec<(u16, u16)>,
 }
 
 /// The labels Kuma's control plane puts on a resource, added to the
@@ -74,6 +77,12 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
             labels: with_kuma_labels(&s.labels, "zone", &s.mesh),
             external: Vec::new(),
             match_labels: s.dataplane_tags.clone(),
+            targets: s
+                .ports
+                .iter()
+                .filter_map(|p| Some((p.port, p.target_port.as_deref()?.parse().ok()?)))
+                .filter(|(port, target)| port != target)
+                .collect(),
         }),
         Resource::MeshExternalService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshExternalService, &s.name),
@@ -81,6 +90,7 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
             labels: with_kuma_labels(&s.labels, "zone", &s.mesh),
             external: s.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect(),
             match_labels: Labels::new(),
+            targets: Vec::new(),
         }),
         Resource::MeshMultiZoneService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshMultiZoneService, &s.name),
@@ -88,6 +98,7 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
             labels: with_kuma_labels(&s.labels, "global", &s.mesh),
             external: Vec::new(),
             match_labels: s.match_labels.clone(),
+            targets: Vec::new(),
         }),
         Resource::Dataplane(_) | Resource::Mesh(_) | Resource::HostnameGenerator(_) => None,
     }

@@ -90,6 +90,8 @@ pub struct ServiceEntry {
     pub external: Vec<String>,
     /// A MeshMultiZoneService's selector over MeshService labels.
     pub match_labels: Labels,
+    /// A MeshService port whose traffic goes to another inbound port (`targetPort`).
+    pub targets: std::collections::BTreeMap<u16, u16>,
 }
 
 /// An endpoint row: one task's inbound for `service`.
@@ -135,7 +137,7 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
             ServiceKind::MeshService => {
                 let backing = crate::resources::backing_service(&s.name, &s.match_labels);
                 for &port in &s.ports {
-                    push(port, of_port(backing, port));
+                    push(port, of_port(backing, s.targets.get(&port).copied().unwrap_or(port)));
                 }
             }
             ServiceKind::MeshMultiZoneService => {
@@ -149,7 +151,10 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
                         port,
                         matched
                             .iter()
-                            .flat_map(|m| of_port(crate::resources::backing_service(&m.name, &m.match_labels), port))
+                            .flat_map(|m| {
+                                let target = m.targets.get(&port).copied().unwrap_or(port);
+                                of_port(crate::resources::backing_service(&m.name, &m.match_labels), target)
+                            })
                             .collect(),
                     );
                 }
@@ -204,7 +209,20 @@ mod tests {
             labels: Labels::new(),
             external: Vec::new(),
             match_labels: Labels::new(),
+            targets: std::collections::BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_target_port_sends_a_mesh_service_port_to_another_inbound() {
+        // MeshService redis: port 6379 goes to the tasks' inbound 16379.
+        let mut ms = svc(ServiceKind::MeshService, "redis", [127, 4, 0, 2], &[6379]);
+        ms.targets.insert(6379, 16379);
+        let endpoints = vec![ep("redis", "10.0.0.1", 16379, 6379), ep("redis", "10.0.0.2", 16379, 6379)];
+        let v = build(1, &[ms], &endpoints, 8080);
+        assert_eq!(v.outbounds.len(), 1);
+        assert_eq!((v.outbounds[0].port, v.outbounds[0].endpoints.len()), (6379, 2));
+        assert_eq!(v.outbounds[0].endpoints[0].address, "10.0.0.1:16379");
     }
 
     fn ep(service: &str, address: &str, port: u16, service_port: u16) -> EndpointEntry {

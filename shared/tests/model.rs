@@ -320,3 +320,12 @@ fn a_template_that_cannot_make_a_valid_name_is_refused_at_validate() {
     assert!(e.to_string().contains("spec.template: renders names like \".svc.mesh.local\""), "{e}");
     assert!(parse_one("type: HostnameGenerator\nname: ok\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.{{ .Zone }}.svc.mesh.local\"\n").is_ok());
 }
+
+#[test]
+fn a_named_target_port_is_refused_a_numbered_one_kept() {
+    let ms = "type: MeshService\nname: redis\nmesh: default\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: redis\n  ports:\n  - port: 6379\n    targetPort: TARGET\n    appProtocol: tcp\n";
+    let e = parse_one(&ms.replace("TARGET", "main")).unwrap_err();
+    assert!(e.to_string().contains("spec.ports[0].targetPort: \"main\" is not a port"), "{e}");
+    let Resource::MeshService(s) = parse_one(&ms.replace("TARGET", "16379")).unwrap() else { panic!("a MeshService") };
+    assert_eq!(s.ports[0].target_port.as_deref(), Some("16379"));
+}

@@ -151,12 +151,21 @@ fn ports(errors: &mut ValidationErrors, raw: Option<Vec<RawPort>>) -> Vec<Servic
             if out.iter().any(|o: &ServicePort| o.port == port) {
                 errors.push(format!("{path}.port"), format!("port {port} is listed twice"));
             }
-            out.push(ServicePort {
-                name: p.name.map(Scalar::into_string),
-                port,
-                target_port: p.target_port.map(Scalar::into_string),
-                app_protocol,
-            });
+            let target_port = p.target_port.map(Scalar::into_string);
+            // A number is the inbound port traffic goes to; an inbound's name
+            // would need Dataplane inbound names, which loopmesh does not keep.
+            if let Some(t) = &target_port
+                && t.parse::<u16>().map_or(true, |v| v == 0)
+            {
+                errors.push(
+                    format!("{path}.targetPort"),
+                    format!(
+                        "{} is not a port in 1..65535 (named inbounds are not supported yet)",
+                        crate::excerpt::quoted(t)
+                    ),
+                );
+            }
+            out.push(ServicePort { name: p.name.map(Scalar::into_string), port, target_port, app_protocol });
         }
     }
     out

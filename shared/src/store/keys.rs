@@ -111,6 +111,8 @@ pub mod attr {
     pub const EXTERNAL: &str = "external";
     /// A MeshMultiZoneService's selector over MeshService labels.
     pub const MATCH_LABELS: &str = "match_labels";
+    /// A MeshService's `targetPort`s: a map from port to the inbound port it sends to.
+    pub const TARGETS: &str = "targets";
     /// Set while an applied resource declares the service: never collected.
     pub const DECLARED: &str = "declared";
     pub const GENERATION: &str = "generation";

@@ -365,7 +365,13 @@ pub(crate) fn service_entry(mesh: &str, item: &Item) -> Result<crate::view::Serv
         .and_then(|v| v.as_l().ok())
         .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
         .unwrap_or_default();
+    let targets = item
+        .get(attr::TARGETS)
+        .and_then(|v| v.as_m().ok())
+        .map(|m| m.iter().filter_map(|(p, t)| Some((p.parse().ok()?, t.as_n().ok()?.parse().ok()?))).collect())
+        .unwrap_or_default();
     Ok(crate::view::ServiceEntry {
+        targets,
         kind,
         name: name.to_owned(),
         vip,

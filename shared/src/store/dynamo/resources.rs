@@ -250,7 +250,8 @@ impl DynamoResources {
             .table_name(&self.table)
             .set_key(Some(key(keys::mesh_pk(&d.key.mesh), keys::service_sk(d.key.kind, &d.key.name))))
             .condition_expression("#vip = :vip")
-            .update_expression("SET #p = :p, #l = :l, #x = :x, #ml = :ml, #d = :true, #c = :now")
+            .update_expression("SET #p = :p, #l = :l, #x = :x, #ml = :ml, #t = :t, #d = :true, #c = :now")
+            .expression_attribute_names("#t", attr::TARGETS)
             .expression_attribute_names("#vip", attr::VIP)
             .expression_attribute_names("#p", attr::PORTS)
             .expression_attribute_names("#l", attr::LABELS)
@@ -263,6 +264,10 @@ impl DynamoResources {
             .expression_attribute_values(":l", labels_value(&d.labels))
             .expression_attribute_values(":x", AttributeValue::L(d.external.iter().map(s).collect()))
             .expression_attribute_values(":ml", labels_value(&d.match_labels))
+            .expression_attribute_values(
+                ":t",
+                AttributeValue::M(d.targets.iter().map(|(p, t)| (p.to_string(), n((*t).into()))).collect()),
+            )
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":now", n(now))
             .build()
