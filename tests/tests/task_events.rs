@@ -442,3 +442,17 @@ async fn a_task_with_health_checks_takes_traffic_once_healthy() {
     early["detail"]["healthStatus"] = "UNKNOWN".into();
     assert!(matches!(r2.handle(&early, NOW).await.unwrap(), Outcome::Registered { .. }));
 }
+
+#[tokio::test]
+async fn a_stop_is_final_whatever_version_it_carries() {
+    let bed = bed("te-stopfinal").await;
+    let r = registrar(&settings(&bed.table, &[])).await;
+    let td = demo_task_definition().await;
+    let running = event("ecs-task-running.json", &td, "t1", "10.0.1.10", 7);
+    assert!(matches!(r.handle(&running, NOW).await.unwrap(), Outcome::Registered { .. }));
+    // DescribeTasks (the reconciliation) may report a version below the last event's.
+    let stopped = event("ecs-task-stopped.json", &td, "t1", "10.0.1.10", 2);
+    assert_eq!(r.handle(&stopped, NOW).await.unwrap(), Outcome::Deregistered { endpoints: 1 });
+    assert!(bed.endpoints("default").await.is_empty());
+    assert_eq!(r.handle(&running, NOW).await.unwrap(), Outcome::Stale, "a stopped task never comes back");
+}

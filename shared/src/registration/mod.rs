@@ -416,9 +416,14 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                     WriteOutcome::Applied => return Ok(Outcome::Deregistered { endpoints: 0 }),
                     _ => continue,
                 },
-                Some(rec) if rec.stopped || rec.version > ev.version => return Ok(Outcome::Stale),
+                Some(rec) if rec.stopped => return Ok(Outcome::Stale),
+                // STOPPED is final: no later state brings a task back, so a
+                // stop applies whatever version it carries (DescribeTasks may
+                // report one below the last event's), and the stored version
+                // only grows.
                 Some(rec) => {
-                    (self.registry.deregister(&ev.task_arn, &rec, ev.version, now).await?, rec.endpoints.len())
+                    let version = ev.version.max(rec.version);
+                    (self.registry.deregister(&ev.task_arn, &rec, version, now).await?, rec.endpoints.len())
                 }
             };
             if let (WriteOutcome::Applied, endpoints) = outcome {

@@ -165,15 +165,8 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 for arn in chunk {
                     let stopped = match described.iter().find(|t| &t.task_arn == arn).cloned() {
                         // ECS no longer knows it: long stopped.
-                        None => self.forgotten(arn, &cluster).await?,
-                        // STOPPED is final: no later state of the task can
-                        // bring it back, so it applies even when the table
-                        // holds a version ECS's answer does not reach.
-                        Some(mut t) if is_stopped(&t) => {
-                            let stored = self.registry.task(arn).await?.map_or(0, |r| r.version);
-                            t.version = t.version.max(stored);
-                            t
-                        }
+                        None => forgotten(arn, &cluster),
+                        Some(t) if is_stopped(&t) => t,
                         // Still starting or running after all: its own events decide.
                         Some(_) => continue,
                     };
@@ -234,28 +227,22 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
             }
         }
     }
+}
 
-    /// A stopped state for a registered task ECS no longer describes, at the
-    /// version the table holds (a STOPPED at the same version applies).
-    async fn forgotten(&self, arn: &str, cluster: &str) -> Result<EcsTaskStateChange, HandleError> {
-        let record = self.registry.task(arn).await?;
-        let cluster_arn = if cluster.starts_with("arn:") {
-            cluster.to_owned()
-        } else {
-            let prefix = arn.split_once(":task/").map_or("", |(p, _)| p);
-            format!("{prefix}:cluster/{cluster}")
-        };
-        let definition = arn.split_once(":task/").map_or(String::new(), |(p, _)| format!("{p}:task-definition/gone:0"));
-        Ok(EcsTaskStateChange {
-            task_arn: arn.to_owned(),
-            cluster_arn,
-            task_definition_arn: definition,
-            last_status: "STOPPED".into(),
-            desired_status: "STOPPED".into(),
-            version: record.map_or(0, |r| r.version),
-            stopped_reason: Some("ECS no longer knows this task".into()),
-            ..EcsTaskStateChange::default()
-        })
+/// A stopped state for a registered task ECS no longer describes (a stop
+/// applies at any version: the registrar treats STOPPED as final).
+fn forgotten(arn: &str, cluster: &str) -> EcsTaskStateChange {
+    let prefix = arn.split_once(":task/").map_or("", |(p, _)| p);
+    let cluster_arn =
+        if cluster.starts_with("arn:") { cluster.to_owned() } else { format!("{prefix}:cluster/{cluster}") };
+    EcsTaskStateChange {
+        task_arn: arn.to_owned(),
+        cluster_arn,
+        task_definition_arn: format!("{prefix}:task-definition/gone:0"),
+        last_status: "STOPPED".into(),
+        desired_status: "STOPPED".into(),
+        stopped_reason: Some("ECS no longer knows this task".into()),
+        ..EcsTaskStateChange::default()
     }
 }
 
