@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use loopmesh_shared::aws::sdk_config;
 use loopmesh_shared::config::Settings;
+use loopmesh_shared::error::{StoreError, StoreErrorKind};
 use loopmesh_shared::model::{ResourceKind, parse_documents, parse_documents_with_text};
 use loopmesh_shared::store::dynamo::{self, DynamoResources, DynamoVipLedger, WriteError, declared_key};
-use loopmesh_shared::store::{StoreError, StoreErrorKind, table};
+use loopmesh_shared::store::table;
 use loopmesh_shared::vip::{ServiceKey, ServiceKind, VipPool, allocate, unix_now};
 use output::{Format, structured};
 

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use loopmesh_shared::config::Settings;
 use loopmesh_shared::dns::sync::{DnsStore, Ledgered};
+use loopmesh_shared::error::StoreError;
 use loopmesh_shared::resources::backing_service;
-use loopmesh_shared::store::StoreError;
 use loopmesh_shared::store::dynamo::{ConflictRow, DynamoDnsStore, DynamoMeshView, DynamoStatus, RefusalRow};
 use loopmesh_shared::vip::{ServiceKind, VipPool, unix_now};
 use serde::Serialize;

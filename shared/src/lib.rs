@@ -17,6 +17,7 @@
 //!   and one dns-sync run over ports for Route53 and the table.
 //! - [`resources`]: applied resources: where each lives and the service it declares.
 //! - [`retry`]: the bounded, jittered retry policies every repeated call uses.
+//! - [`error`]: [`error::StoreError`], what every port returns.
 //! - [`store`]: the table: definition, key layout, DynamoDB adapters.
 //! - [`aws`]: ECS and IAM adapters, SDK configuration and error mapping.
 //! - [`view`]: the mesh view a sidecar serves, built from service and endpoint rows.
@@ -28,6 +29,7 @@ pub mod aws;
 pub mod config;
 pub mod dns;
 pub mod dns_name;
+pub mod error;
 pub mod excerpt;
 pub mod identity;
 pub mod model;

@@ -13,9 +13,10 @@ use loopmesh_shared::dns::Record;
 use loopmesh_shared::dns::sync::{
     Conflict, DnsState, DnsStore, LeaseTake, Ledgered, RunRecord, ServiceRow, SyncError, SyncSettings, Syncer, Trigger,
 };
+use loopmesh_shared::error::{StoreError, StoreErrorKind};
 use loopmesh_shared::model::HostnameGenerator;
 use loopmesh_shared::store::dynamo::DynamoDnsStore;
-use loopmesh_shared::store::{StoreError, StoreErrorKind, keys};
+use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::{ServiceKey, UnixSeconds};
 use loopmesh_tests::dns::{a_records, by_hand, seed_services, zone_settings};
 use loopmesh_tests::route53_proxy::{Limits, Route53Proxy};

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use loopmesh_shared::config::Settings;
+use loopmesh_shared::error::StoreError;
 use loopmesh_shared::model::MeshServicesMode;
 use loopmesh_shared::registration::event::{Attachment, EcsTaskStateChange, NameValue};
 use loopmesh_shared::registration::reconcile::EcsTasks;
@@ -21,7 +22,6 @@ use loopmesh_shared::registration::sidecar_spec::{ContainerDoc, TEMPLATE_ENV, Ta
 use loopmesh_shared::registration::{
     RefusalRecord, Registrar, Registration, Registry, RoleTags, TaskDefinitions, TaskRecord, WriteOutcome,
 };
-use loopmesh_shared::store::StoreError;
 use loopmesh_shared::vip::{MemoryLedger, UnixSeconds};
 
 const NOW: u64 = 1_800_000_000;

@@ -1,16 +1,22 @@
 //! dns-sync: the desired records in the table, applied to Route53 in as few
 //! calls as its limits allow and never faster than the configured rate. The
 //! run lives in `loopmesh_shared::dns::sync`; this file wires configuration,
-//! clients and the Lambda runtime.
+//! clients and the Lambda runtime, reads what started an invocation
+//! (`trigger`) and prints the run as metrics (`emf`).
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use loopmesh_shared::aws::route53::{Route53, client_config};
 use loopmesh_shared::aws::sdk_config;
 use loopmesh_shared::config::Settings;
-use loopmesh_shared::dns::sync::{SyncSettings, Syncer, trigger_of};
+use loopmesh_shared::dns::sync::{SyncSettings, Syncer};
 use loopmesh_shared::store::dynamo::DynamoDnsStore;
 use loopmesh_shared::vip::unix_now;
 use serde_json::{Value, json};
+
+mod emf;
+mod trigger;
+
+use trigger::trigger_of;
 
 type Live = Syncer<Route53, DynamoDnsStore>;
 
@@ -59,7 +65,7 @@ async fn handle(syncer: &Live, enabled: bool, event: LambdaEvent<Value>) -> Resu
     );
     let timestamp =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    println!("{}", report.emf(timestamp));
+    println!("{}", emf::emf(&report, timestamp));
     Ok(json!({
         "outcome": if report.skipped.is_some() { "skipped" } else { "synced" },
         "why": report.skipped,

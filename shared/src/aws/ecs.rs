@@ -3,13 +3,13 @@
 
 use aws_sdk_ecs::types::DesiredStatus;
 
+use crate::error::{StoreError, StoreErrorKind};
 use crate::registration::TaskDefinitions;
 use crate::registration::event::{
     Attachment, Container, ContainerOverride, EcsTaskStateChange, NameValue, NetworkInterface, Overrides,
 };
 use crate::registration::reconcile::EcsTasks;
 use crate::registration::sidecar_spec::{ContainerDoc, TaskDefinitionDoc};
-use crate::store::{StoreError, StoreErrorKind};
 
 #[derive(Debug, Clone)]
 pub struct EcsTaskDefinitions {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::StoreError;
 use crate::registration::RoleTags;
-use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct IamRoleTags {

@@ -1,7 +1,7 @@
 //! SQS: task-events' on-failure destination, which the reconciliation drains.
 
+use crate::error::StoreError;
 use crate::registration::reconcile::{FailedInvocation, FailedInvocations};
-use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct SqsFailedInvocations {
@@ -48,7 +48,7 @@ impl FailedInvocations for SqsFailedInvocations {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::new(crate::store::StoreErrorKind::Rejected, e.to_string()))?;
+            .map_err(|e| StoreError::new(crate::error::StoreErrorKind::Rejected, e.to_string()))?;
         if entries.is_empty() {
             return Ok(());
         }

@@ -29,8 +29,8 @@ use super::rate::RateLimiter;
 use super::{Change, Record};
 use crate::config::HostedZoneId;
 use crate::dns_name;
+use crate::error::StoreError;
 use crate::model::{HostnameGenerator, Labels};
-use crate::store::StoreError;
 use crate::vip::{ServiceKey, UnixSeconds};
 
 /// What the table holds for dns-sync.
@@ -857,92 +857,4 @@ fn split_point(batch: &[Change]) -> usize {
 
 fn epoch_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// What started an invocation, from its payload: a DynamoDB stream batch (the
-/// desired state changed), an EventBridge "Scheduled Event", or an
-/// EventBridge Scheduler input `{"trigger": "schedule"}` / `{"trigger": "changed"}`.
-pub fn trigger_of(payload: &serde_json::Value) -> Result<Trigger, String> {
-    if let Some(records) = payload.get("Records").and_then(|r| r.as_array()) {
-        return match records.first().and_then(|r| r.get("eventSource")).and_then(|s| s.as_str()) {
-            Some("aws:dynamodb") | None => Ok(Trigger::Changed),
-            Some(other) => {
-                Err(format!("Records[0].eventSource: {} is not aws:dynamodb", crate::excerpt::quoted(other)))
-            }
-        };
-    }
-    if let Some(kind) = payload.get("detail-type").and_then(|d| d.as_str()) {
-        return match kind {
-            "Scheduled Event" => Ok(Trigger::Schedule),
-            other => Err(format!("detail-type: {} is not \"Scheduled Event\"", crate::excerpt::quoted(other))),
-        };
-    }
-    match payload.get("trigger").and_then(|t| t.as_str()) {
-        Some("schedule") => Ok(Trigger::Schedule),
-        Some("changed") => Ok(Trigger::Changed),
-        Some(other) => Err(format!("trigger: {} is not \"schedule\" or \"changed\"", crate::excerpt::quoted(other))),
-        None => Err("expected a DynamoDB stream batch (Records), an EventBridge Scheduled Event (detail-type), or {\"trigger\": \"schedule\"}".into()),
-    }
-}
-
-impl Report {
-    /// The run as CloudWatch Embedded Metric Format: one JSON line that is
-    /// both a log entry and a set of metrics.
-    pub fn emf(&self, timestamp_ms: u64) -> serde_json::Value {
-        let metrics = [
-            ("Planned", self.planned),
-            ("Applied", self.applied),
-            ("Conflicts", self.conflicts),
-            ("Failed", self.failed),
-            ("Collected", self.collected),
-            ("Repaired", self.repaired),
-            ("Adopted", self.adopted),
-            ("ZonesFailed", self.zones_failed),
-            ("Route53Calls", self.calls),
-            ("Throttles", self.throttles),
-        ];
-        let mut doc = serde_json::json!({
-            "_aws": {
-                "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{
-                    "Namespace": "loopmesh",
-                    "Dimensions": [["Function"]],
-                    "Metrics": metrics.iter().map(|(n, _)| serde_json::json!({"Name": n, "Unit": "Count"})).collect::<Vec<_>>(),
-                }],
-            },
-            "Function": "dns-sync",
-        });
-        for (name, value) in metrics {
-            doc[name] = value.into();
-        }
-        doc
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn triggers_from_payloads() {
-        let stream = serde_json::json!({"Records": [{"eventSource": "aws:dynamodb", "eventName": "MODIFY"}]});
-        assert_eq!(trigger_of(&stream), Ok(Trigger::Changed));
-        let scheduled = serde_json::json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
-        assert_eq!(trigger_of(&scheduled), Ok(Trigger::Schedule));
-        assert_eq!(trigger_of(&serde_json::json!({"trigger": "schedule"})), Ok(Trigger::Schedule));
-        assert!(trigger_of(&serde_json::json!({"hello": 1})).unwrap_err().contains("Scheduled Event"));
-        assert!(
-            trigger_of(&serde_json::json!({"Records": [{"eventSource": "aws:sqs"}]}))
-                .unwrap_err()
-                .starts_with("Records[0].eventSource")
-        );
-    }
-
-    #[test]
-    fn emf_has_every_count() {
-        let r = Report { planned: 3, applied: 2, calls: 4, ..Report::default() };
-        let doc = r.emf(1);
-        assert_eq!(doc["Applied"], 2);
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len(), 10);
-    }
 }

@@ -20,9 +20,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::error::StoreError;
 use crate::identity;
 use crate::model::{Labels, MeshServicesMode, ValidationErrors, render_dataplane};
-use crate::store::StoreError;
 use crate::vip::{AllocError, ServiceKey, ServiceKind, UnixSeconds, VipLedger, VipPool, allocate_from};
 use cache::TtlCache;
 use event::{TaskEvent, TaskState};
@@ -379,7 +379,7 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
             let assignments = self.ledger.assignments(&keys).await?;
             for (s, assignment) in wanted.iter().zip(assignments) {
                 let pool = VipPool::new(self.settings.pools.for_kind(s.key.kind))
-                    .map_err(|e| StoreError::new(crate::store::StoreErrorKind::Rejected, e.to_string()))?;
+                    .map_err(|e| StoreError::new(crate::error::StoreErrorKind::Rejected, e.to_string()))?;
                 let a = allocate_from(&self.ledger, &pool, &s.key, assignment, now).await?;
                 dns_changed |= a.new;
                 vips.push((s.key.clone(), a.vip));

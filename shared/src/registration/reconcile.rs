@@ -19,7 +19,7 @@ use std::future::Future;
 
 use super::event::{EcsTaskStateChange, TaskState, from_detail};
 use super::{HandleError, Outcome, Registrar, Registry, RoleTags, TaskDefinitions};
-use crate::store::StoreError;
+use crate::error::StoreError;
 use crate::vip::{UnixSeconds, VipLedger};
 
 /// ECS as the reconciliation reads it.

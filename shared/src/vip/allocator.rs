@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::{Claim, LEASE_READ_BATCH, ServiceKey, UnixSeconds, VipLedger, VipPool};
-use crate::store::StoreError;
+use crate::error::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Assignment, Claim, Lease, ServiceKey, UnixSeconds, VipLedger};
-use crate::store::StoreError;
+use crate::error::StoreError;
 
 #[derive(Debug, Default)]
 pub struct MemoryLedger {

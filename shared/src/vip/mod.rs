@@ -20,7 +20,7 @@ pub use allocator::{AllocError, Allocation, allocate, allocate_from, release};
 pub use memory::MemoryLedger;
 pub use pool::{PoolTooSmall, VipPool};
 
-use crate::store::StoreError;
+use crate::error::StoreError;
 
 /// Seconds since the Unix epoch: how time is stored and injected, so tests
 /// choose "now" instead of sleeping.

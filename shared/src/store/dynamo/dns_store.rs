@@ -11,8 +11,8 @@ use super::{build_err, bump_generation, key, n, num, s, sdk_error, service_entry
 use crate::config::HostedZoneId;
 use crate::dns::Record;
 use crate::dns::sync::{Conflict, DnsState, DnsStore, LeaseHolder, LeaseTake, Ledgered, RunRecord, ServiceRow};
+use crate::error::StoreError;
 use crate::model::{HostnameGenerator, Resource, parse_one};
-use crate::store::StoreError;
 use crate::store::keys::{self, attr};
 use crate::vip::{ServiceKey, UnixSeconds};
 

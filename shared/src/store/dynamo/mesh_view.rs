@@ -6,7 +6,7 @@
 use aws_sdk_dynamodb::Client;
 
 use super::{key, num, query, sdk_error, service_entry, text};
-use crate::store::StoreError;
+use crate::error::StoreError;
 use crate::store::keys::{self, attr};
 use crate::view::{EndpointEntry, ServiceEntry};
 

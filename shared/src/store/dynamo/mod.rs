@@ -21,7 +21,7 @@ pub use status::{ConflictRow, DynamoStatus, LeaseRow, RefusalRow};
 pub use vip_ledger::DynamoVipLedger;
 
 use super::table::TableDefinition;
-use super::{StoreError, StoreErrorKind};
+use crate::error::{StoreError, StoreErrorKind};
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::TransactWriteItem;

@@ -8,10 +8,10 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
 use super::{build_err, bump_generation, key, n, s, sdk_error, transact};
+use crate::error::{StoreError, StoreErrorKind};
 use crate::model::MeshServicesMode;
 use crate::registration::{RefusalRecord, Registration, Registry, TaskRecord, WriteOutcome};
 use crate::store::keys::{self, attr};
-use crate::store::{StoreError, StoreErrorKind};
 use crate::vip::UnixSeconds;
 
 /// How long a stopped task's record stays to turn away late RUNNING events:

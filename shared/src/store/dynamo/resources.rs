@@ -13,10 +13,10 @@ use super::{
     build_err, bump_dns, bump_generation, key, labels_value, n, num, ports_value, s, sdk_error, text, transact,
 };
 use crate::config::Pools;
+use crate::error::{StoreError, StoreErrorKind};
 use crate::model::{Resource, ResourceKind};
 use crate::resources::{Change, Declared, StoredResource, appliable, declared_service, home_mesh};
 use crate::store::keys::{self, attr};
-use crate::store::{StoreError, StoreErrorKind};
 use crate::vip::{ServiceKey, ServiceKind, UnixSeconds, VipLedger, VipPool, allocate};
 
 type Item = HashMap<String, AttributeValue>;

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
 use super::{key, num, query, sdk_error, text};
-use crate::store::StoreError;
+use crate::error::StoreError;
 use crate::store::keys::{self, attr};
 use crate::vip::UnixSeconds;
 

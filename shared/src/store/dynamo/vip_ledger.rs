@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 
 use super::{build_err, key, n, s, sdk_error, transact};
-use crate::store::StoreError;
+use crate::error::StoreError;
 use crate::store::keys::{self, attr};
 use crate::vip::{Assignment, Claim, Lease, ServiceKey, UnixSeconds, VipLedger};
 
