@@ -8,7 +8,7 @@ use aws_sdk_route53::types::{
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::config::HostedZoneId;
-use crate::dns::provider::{DnsProvider, Page, ProviderError, RecordSet, ZoneInfo};
+use crate::dns::provider::{DnsProvider, Page, ProviderError, RecordSet, Refusal, RefusalReason, ZoneInfo};
 use crate::dns::{Change, Record};
 
 /// The Route53 client configuration: SDK retries off, because each retry
@@ -52,6 +52,28 @@ fn classify<
             ProviderError::Other { message: e.to_string(), retryable: e.is_retryable() }
         }
     }
+}
+
+/// Types one of Route53's InvalidChangeBatch messages, which name the record
+/// set as `[name='x.mesh.local.', type='A']` and end with what was wrong:
+/// "but it already exists", "but it was not found", or another reason (a
+/// DELETE whose values no longer match is Other: the record was edited, and
+/// the scheduled audit repairs it from what the zone holds).
+fn refusal(message: &str) -> Refusal {
+    let lower = message.to_ascii_lowercase();
+    let name = lower
+        .split_once("name='")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(name, _)| bare(name))
+        .filter(|n| !n.is_empty());
+    let reason = if lower.contains("already exists") {
+        RefusalReason::AlreadyExists
+    } else if lower.contains("not found") {
+        RefusalReason::NotFound
+    } else {
+        RefusalReason::Other
+    };
+    Refusal { name, reason, message: message.to_owned() }
 }
 
 fn to_r53(change: &Change) -> Result<R53Change, ProviderError> {
@@ -132,10 +154,31 @@ impl DnsProvider for Route53 {
                     if messages.is_empty() {
                         messages.extend(icb.message().map(str::to_owned));
                     }
-                    return Err(ProviderError::InvalidChangeBatch(messages));
+                    return Err(ProviderError::InvalidChangeBatch(messages.iter().map(|m| refusal(m)).collect()));
                 }
                 Err(classify("ChangeResourceRecordSets", zone, e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_typed_from_route53_wording() {
+        let exists =
+            refusal("Tried to create resource record set [name='Redis.mesh.local.', type='A'] but it already exists");
+        assert_eq!(exists.name.as_deref(), Some("redis.mesh.local"));
+        assert_eq!(exists.reason, RefusalReason::AlreadyExists);
+        let gone = refusal("Tried to delete resource record set [name='a.mesh.local.', type='A'] but it was not found");
+        assert_eq!((gone.name.as_deref(), gone.reason), (Some("a.mesh.local"), RefusalReason::NotFound));
+        let edited = refusal(
+            "Tried to delete resource record set [name='a.mesh.local.', type='A'] but the values provided do not match the current values",
+        );
+        assert_eq!(edited.reason, RefusalReason::Other);
+        let other = refusal("RRSet of type CNAME with DNS name b.mesh.local. is not permitted at apex");
+        assert_eq!((other.name, other.reason), (None, RefusalReason::Other));
     }
 }

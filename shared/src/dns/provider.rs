@@ -40,12 +40,32 @@ pub enum ProviderError {
     Throttled(String),
     #[error("Route53 has a change to this zone in progress: {0}")]
     PriorRequestNotComplete(String),
-    #[error("Route53 refused the change batch: {}", .0.join("; "))]
-    InvalidChangeBatch(Vec<String>),
+    #[error("Route53 refused the change batch: {}", .0.iter().map(|r| r.message.as_str()).collect::<Vec<_>>().join("; "))]
+    InvalidChangeBatch(Vec<Refusal>),
     #[error("hosted zone {0} does not exist")]
     NoSuchZone(HostedZoneId),
     #[error("{message}")]
     Other { message: String, retryable: bool },
+}
+
+/// One reason Route53 gave for refusing a change batch, typed by the adapter
+/// so the domain never reads Route53's wording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The record set it names (lower case, no trailing dot), when it names one.
+    pub name: Option<String>,
+    pub reason: RefusalReason,
+    /// Route53's words, for logs and status.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// A CREATE for a record set the zone already holds.
+    AlreadyExists,
+    /// A DELETE for a record set the zone does not hold.
+    NotFound,
+    Other,
 }
 
 impl ProviderError {
