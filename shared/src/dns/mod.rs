@@ -8,6 +8,8 @@
 
 pub mod batch;
 pub mod desired;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod plan;
 pub mod provider;
 pub mod rate;

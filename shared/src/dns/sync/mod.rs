@@ -19,6 +19,8 @@
 
 mod apply;
 mod store;
+#[cfg(test)]
+mod tests;
 mod zones;
 
 use self::apply::Applied;
