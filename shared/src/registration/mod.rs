@@ -11,8 +11,12 @@
 
 mod cache;
 pub mod event;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod reconcile;
 pub mod sidecar_spec;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
