@@ -218,11 +218,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         (true, None, Some(mesh)) => {
             let settings = Settings::from_env().map_err(|e| e.to_string())?;
             let client = aws_sdk_dynamodb::Client::new(&loopmesh_shared::aws::sdk_config().await);
-            Some(Source::Table {
-                reader: DynamoMeshView::new(client, settings.table_name),
-                mesh,
-                vip_port: settings.vip_port,
-            })
+            Some(Source::table(DynamoMeshView::new(client, settings.table_name), mesh, settings.vip_port))
         }
         (true, None, None) => {
             return Err("--bind-outbounds needs a view: --view-file FILE, or KUMA_DATAPLANE_RUNTIME_RESOURCE or --mesh to read the table".into());

@@ -1,8 +1,10 @@
 //! Where the view comes from, and the loop that keeps it fresh.
 //!
-//! From the table: every refresh reads the mesh's view generation (one small
-//! item) and reads the mesh's services and endpoints only when it moved. From
-//! a file: the file is read again when its size or modification time
+//! From the table: the first refresh reads the whole mesh into a [`Replica`];
+//! every later one reads only the change items written since (one small
+//! Query while nothing happens) and, when there are new ones, the items they
+//! name and the VIEW item (generation, VIP port). See `docs/view.md`. From a
+//! file: the file is read again when its size or modification time
 //! changes. Either way a failed read or a view that does not validate keeps
 //! the last good view serving, counts an error, and retries: with backoff for
 //! the table (it spares DynamoDB during an outage), at the normal interval for
@@ -17,7 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use loopmesh_shared::store::dynamo::DynamoMeshView;
+use std::collections::{BTreeMap, BTreeSet};
+
+use loopmesh_shared::store::dynamo::{DynamoMeshView, MeshItem};
+use loopmesh_shared::store::keys::CHANGE_RETENTION_S;
+use loopmesh_shared::view::{EndpointEntry, ServiceEntry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +39,128 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum Source {
     File(PathBuf),
-    Table { reader: DynamoMeshView, mesh: String, vip_port: u16 },
+    Table { reader: DynamoMeshView, mesh: String, vip_port: u16, replica: Option<Replica> },
+}
+
+impl Source {
+    pub fn table(reader: DynamoMeshView, mesh: String, vip_port: u16) -> Self {
+        Self::Table { reader, mesh, vip_port, replica: None }
+    }
+}
+
+/// How far before the newest change item already applied each check reads
+/// again: a writer stamps its change item before its transaction commits, so
+/// an item may become visible after a later-stamped one (a slow commit, an
+/// eventually consistent read, clocks a little apart). Items already applied
+/// in the window are recognised by key and skipped.
+pub const OVERLAP_MS: u64 = 15_000;
+
+/// The mesh as this sidecar holds it, kept current by change items.
+#[derive(Debug, Clone, Default)]
+pub struct Replica {
+    services: BTreeMap<String, ServiceEntry>,
+    endpoints: BTreeMap<String, EndpointEntry>,
+    generation: u64,
+    port: u16,
+    /// The newest change item applied (its writer's clock, epoch ms).
+    cursor_ms: u64,
+    /// Change items applied within the overlap window, by sort key.
+    applied: BTreeMap<String, u64>,
+    /// When this sidecar last read the change items (its own clock): a view
+    /// older than half the items' retention is read whole again.
+    checked_ms: u64,
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The table's VIP port is the one names were published for; a sidecar
+/// whose environment says otherwise follows the table.
+fn follow_table_port(table_port: Option<u16>, env_port: u16) -> u16 {
+    match table_port {
+        Some(p) if p != env_port => {
+            if !PORT_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    table = p,
+                    environment = env_port,
+                    "KUMA_DNS_SERVER_SERVICE_VIP_PORT differs from the table's; following the table"
+                );
+            }
+            p
+        }
+        Some(p) => p,
+        None => env_port,
+    }
+}
+
+impl Replica {
+    /// The whole mesh. Change items from a little before the read began are
+    /// read at the next check, so a change committed during the read is not lost.
+    async fn read(reader: &DynamoMeshView, mesh: &str, env_port: u16) -> Result<Self, String> {
+        let started = epoch_ms();
+        let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
+        let (services, endpoints) = reader.read_keyed(mesh).await.map_err(|e| e.to_string())?;
+        Ok(Self {
+            services: services.into_iter().collect(),
+            endpoints: endpoints.into_iter().collect(),
+            generation,
+            port: follow_table_port(table_port, env_port),
+            cursor_ms: started.saturating_sub(OVERLAP_MS),
+            applied: BTreeMap::new(),
+            checked_ms: started,
+        })
+    }
+
+    /// Reads the change items since the cursor; `None` when none is new.
+    /// Nothing in `self` changes until every read succeeded.
+    async fn advance(&self, reader: &DynamoMeshView, mesh: &str, env_port: u16) -> Result<Option<Self>, String> {
+        let checked_ms = epoch_ms();
+        let since = self.cursor_ms.saturating_sub(OVERLAP_MS);
+        let changes = reader.changes(mesh, since).await.map_err(|e| e.to_string())?;
+        let fresh: Vec<_> = changes.into_iter().filter(|c| !self.applied.contains_key(&c.sk)).collect();
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<String> =
+            fresh.iter().flat_map(|c| c.changed.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let items = reader.items(mesh, &keys).await.map_err(|e| e.to_string())?;
+        let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
+        let mut next = self.clone();
+        for (sk, item) in items {
+            next.services.remove(&sk);
+            next.endpoints.remove(&sk);
+            match item {
+                Some(MeshItem::Service(s)) => {
+                    next.services.insert(sk, s);
+                }
+                Some(MeshItem::Endpoint(e)) => {
+                    next.endpoints.insert(sk, e);
+                }
+                None => {}
+            }
+        }
+        next.generation = generation;
+        next.port = follow_table_port(table_port, env_port);
+        next.cursor_ms = fresh.iter().map(|c| c.at_ms).fold(self.cursor_ms, u64::max);
+        next.applied.extend(fresh.into_iter().map(|c| (c.sk, c.at_ms)));
+        let keep_from = next.cursor_ms.saturating_sub(OVERLAP_MS);
+        next.applied.retain(|_, at| *at >= keep_from);
+        next.checked_ms = checked_ms;
+        Ok(Some(next))
+    }
+
+    fn fetched(self) -> Fetched {
+        let view = self.view();
+        let marker = Marker::Generation(view.generation);
+        Fetched::New(view, marker, Some(Box::new(self)))
+    }
+
+    fn view(&self) -> View {
+        let services: Vec<ServiceEntry> = self.services.values().cloned().collect();
+        let endpoints: Vec<EndpointEntry> = self.endpoints.values().cloned().collect();
+        build(self.generation, &services, &endpoints, self.port)
+    }
 }
 
 /// What `/metrics` reports of the view.
@@ -88,7 +215,9 @@ impl ViewStatus {
 /// One fetch: [`Fetched::Unchanged`] when nothing changed since the marker seen.
 enum Fetched {
     Unchanged,
-    New(View, Marker),
+    /// A view, its marker, and (from the table) the replica to keep once
+    /// the view is applied.
+    New(View, Marker, Option<Box<Replica>>),
 }
 
 /// What identifies the version of the view last applied.
@@ -99,9 +228,10 @@ enum Marker {
 }
 
 impl Source {
-    async fn fetch(&self, seen: Option<&Marker>) -> Result<Fetched, String> {
+    async fn fetch(&mut self, seen: Option<&Marker>) -> Result<Fetched, String> {
         match self {
             Self::File(path) => {
+                let path: &PathBuf = path;
                 let meta = tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
                 let marker = Marker::File(meta.len(), meta.modified().ok());
                 if seen == Some(&marker) {
@@ -109,32 +239,27 @@ impl Source {
                 }
                 let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
                 let view: View = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Fetched::New(view, marker))
+                Ok(Fetched::New(view, marker, None))
             }
-            Self::Table { reader, mesh, vip_port } => {
-                let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
-                let marker = Marker::Generation(generation);
-                if seen == Some(&marker) {
-                    return Ok(Fetched::Unchanged);
-                }
-                // The table's port is the one names were published for; a
-                // sidecar whose environment says otherwise follows the table.
-                let port = match table_port {
-                    Some(p) if p != *vip_port => {
-                        if !PORT_WARNED.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(
-                                table = p,
-                                environment = *vip_port,
-                                "KUMA_DNS_SERVER_SERVICE_VIP_PORT differs from the table's; following the table"
-                            );
-                        }
-                        p
+            Self::Table { reader, mesh, vip_port, replica } => {
+                // A view not yet applied (none, or one rejected), or one so old
+                // that change items may have expired, is read whole.
+                let stale = |r: &Replica| epoch_ms().saturating_sub(r.checked_ms) > CHANGE_RETENTION_S * 1000 / 2;
+                match replica.as_ref().filter(|r| seen.is_some() && !stale(r)) {
+                    None => {
+                        let fresh = Replica::read(reader, mesh, *vip_port).await?;
+                        Ok(fresh.fetched())
                     }
-                    Some(p) => p,
-                    None => *vip_port,
-                };
-                let (services, endpoints) = reader.read(mesh).await.map_err(|e| e.to_string())?;
-                Ok(Fetched::New(build(generation, &services, &endpoints, port), marker))
+                    Some(current) => match current.advance(reader, mesh, *vip_port).await? {
+                        None => {
+                            if let Some(r) = replica.as_mut() {
+                                r.checked_ms = epoch_ms();
+                            }
+                            Ok(Fetched::Unchanged)
+                        }
+                        Some(next) => Ok(next.fetched()),
+                    },
+                }
             }
         }
     }
@@ -149,7 +274,7 @@ pub fn fetch_timeout(interval: Duration) -> Duration {
 
 /// Keeps `listeners` on the source's latest good view until `stop`.
 pub async fn refresh(
-    source: Source,
+    mut source: Source,
     listeners: Arc<Listeners>,
     status: Arc<ViewStatus>,
     interval: Duration,
@@ -174,7 +299,7 @@ pub async fn refresh(
                 }
                 0
             }
-            Ok(Fetched::New(view, marker)) => {
+            Ok(Fetched::New(view, marker, next)) => {
                 let generation = view.generation;
                 let outbounds = view.outbounds.len();
                 let endpoints: usize = view.outbounds.iter().map(|o| o.endpoints.len()).sum();
@@ -183,6 +308,9 @@ pub async fn refresh(
                         status.ok();
                         status.generation.store(generation, Ordering::Relaxed);
                         seen = Some(marker);
+                        if let (Some(next), Source::Table { replica, .. }) = (next, &mut source) {
+                            *replica = Some(*next);
+                        }
                         tracing::info!(
                             generation,
                             outbounds,
@@ -216,7 +344,8 @@ pub async fn refresh(
             }
         };
         let wait = match (&source, failures) {
-            (_, 0) | (Source::File(_), _) => interval,
+            // Jittered, so sidecars started together do not read together.
+            (_, 0) | (Source::File(_), _) => interval.mul_f64(0.8 + fastrand::f64() * 0.4),
             (Source::Table { .. }, n) => {
                 let backoff = interval.saturating_mul(1 << n.min(8)).min(MAX_BACKOFF);
                 backoff.mul_f64(0.5 + fastrand::f64() / 2.0)

@@ -79,6 +79,8 @@ pub struct Registration {
     pub services: Vec<ServiceUpsert>,
     /// A service got its VIP in this registration: dns-sync has work.
     pub dns_changed: bool,
+    /// The services that got their VIP in this registration: sidecars read them.
+    pub new_services: Vec<ServiceKey>,
     /// `KUMA_DNS_SERVER_SERVICE_VIP_PORT`, written with the mesh view so
     /// sidecars listen on the port the names were published for.
     pub vip_port: u16,
@@ -376,7 +378,7 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
 
         for _ in 0..REGISTER_ATTEMPTS {
             let mut vips = Vec::new();
-            let mut dns_changed = false;
+            let mut new_services = Vec::new();
             // One batch read tells which services already hold VIPs: a known
             // service costs no further read.
             let keys: Vec<ServiceKey> = wanted.iter().map(|w| w.key.clone()).collect();
@@ -385,7 +387,9 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 let pool = VipPool::new(self.settings.pools.for_kind(s.key.kind))
                     .map_err(|e| StoreError::new(crate::error::StoreErrorKind::Rejected, e.to_string()))?;
                 let a = allocate_from(&self.ledger, &pool, &s.key, assignment, now).await?;
-                dns_changed |= a.new;
+                if a.new {
+                    new_services.push(s.key.clone());
+                }
                 vips.push((s.key.clone(), a.vip));
             }
             let reg = Registration {
@@ -396,7 +400,8 @@ impl<T: TaskDefinitions, R: RoleTags, G: Registry, L: VipLedger> Registrar<T, R,
                 version: ev.version,
                 endpoints: endpoints.clone(),
                 services: wanted.clone(),
-                dns_changed,
+                dns_changed: !new_services.is_empty(),
+                new_services,
                 vip_port: self.settings.vip_port,
                 now,
             };

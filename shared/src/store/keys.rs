@@ -49,6 +49,21 @@ pub fn endpoint_prefix(service: &str) -> String {
 /// whether anything in their mesh changed.
 pub const VIEW_SK: &str = "VIEW";
 
+/// The prefix of a mesh's change items: sidecars read the ones newer than
+/// the view they hold instead of the whole mesh.
+pub const CHANGE_PREFIX: &str = "CHG#";
+
+/// A change item's sort key: when it was written (epoch milliseconds, fixed
+/// width so keys sort by time) and a random part that keeps two writers in
+/// the same millisecond apart.
+pub fn change_sk(at_ms: u64, nonce: u64) -> String {
+    format!("{CHANGE_PREFIX}{at_ms:013}#{nonce:016x}")
+}
+
+/// How long change items are kept (their `expires_at`): a sidecar whose view
+/// is older than this reads the whole mesh again.
+pub const CHANGE_RETENTION_S: u64 = 3_600;
+
 /// The desired DNS state's generation: bumped when a service gains or loses a
 /// VIP or a name, read by dns-sync.
 pub const DNS_PK: &str = "DNS";
@@ -116,6 +131,8 @@ pub mod attr {
     /// Set while an applied resource declares the service: never collected.
     pub const DECLARED: &str = "declared";
     pub const GENERATION: &str = "generation";
+    /// On a change item: the sort keys of the mesh items it changed (string set).
+    pub const CHANGED: &str = "changed";
     /// On a mesh's VIEW item: `KUMA_DNS_SERVER_SERVICE_VIP_PORT` as the functions have it.
     pub const VIP_PORT: &str = "vip_port";
     pub const UPDATED_AT: &str = "updated_at";

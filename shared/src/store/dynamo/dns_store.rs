@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, ReturnValue, WriteRequest};
 
-use super::{build_err, bump_generation, key, n, num, s, sdk_error, service_entry, text, transact};
+use super::{build_err, key, n, num, s, sdk_error, service_entry, text, transact};
 use crate::config::HostedZoneId;
 use crate::dns::Record;
 use crate::dns::sync::{Conflict, DnsState, DnsStore, LeaseHolder, LeaseTake, Ledgered, RunRecord, ServiceRow};
@@ -318,7 +318,8 @@ impl DnsStore for DynamoDnsStore {
         let mut items =
             super::vip_ledger::release_items(&self.table, service, vip, quarantined_until, Some(seen_last_change))?;
         // Sidecars drop the VIP's listener on their next view check.
-        items.push(bump_generation(&self.table, keys::mesh_pk(&service.mesh), keys::VIEW_SK, now)?);
+        let changed = [keys::service_sk(service.kind, &service.name)];
+        items.extend(super::view_changed(&self.table, &service.mesh, &changed, now, None)?);
         Ok(transact(&self.client, &self.table, "TransactWriteItems (collect service)", items).await?.is_none())
     }
 

@@ -1,11 +1,16 @@
-//! What a sidecar reads: one mesh's view generation (one small item, read on
-//! every refresh) and, when it moved, the mesh's service and endpoint items.
-//! Every read stays inside the partition `MESH#<mesh>`, which is what the
-//! sidecar policy's `dynamodb:LeadingKeys` condition allows.
+//! What a sidecar reads: the whole mesh once (its service and endpoint
+//! items, and the VIEW item's generation and VIP port), then only the change
+//! items written since, and the items they name. Every read stays inside the
+//! partition `MESH#<mesh>`, which is what the sidecar policy's
+//! `dynamodb:LeadingKeys` condition allows.
 
 use aws_sdk_dynamodb::Client;
 
-use super::{key, num, query, sdk_error, service_entry, text};
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+
+use super::{Item, key, num, query, s, sdk_error, service_entry, text};
 use crate::error::StoreError;
 use crate::store::keys::{self, attr};
 use crate::view::{EndpointEntry, ServiceEntry};
@@ -43,26 +48,148 @@ impl DynamoMeshView {
 
     /// The mesh's services and endpoints.
     pub async fn read(&self, mesh: &str) -> Result<(Vec<ServiceEntry>, Vec<EndpointEntry>), StoreError> {
+        let (services, endpoints) = self.read_keyed(mesh).await?;
+        Ok((services.into_iter().map(|(_, s)| s).collect(), endpoints.into_iter().map(|(_, e)| e).collect()))
+    }
+
+    /// The mesh's services and endpoints, each with its sort key.
+    #[allow(clippy::type_complexity)]
+    pub async fn read_keyed(
+        &self,
+        mesh: &str,
+    ) -> Result<(Vec<(String, ServiceEntry)>, Vec<(String, EndpointEntry)>), StoreError> {
         let pk = keys::mesh_pk(mesh);
+        let keyed = |item: &Item| text(item, keys::SK).unwrap_or_default().to_owned();
         let services = query(&self.client, &self.table, &pk, "SVC#", None)
             .await?
             .iter()
-            .map(|item| service_entry(mesh, item))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut endpoints = Vec::new();
-        for item in query(&self.client, &self.table, &pk, "EP#", None).await? {
-            let sk = text(&item, keys::SK).unwrap_or_default();
-            let bad = |what: &str| StoreError::corrupt(format!("endpoint item {sk:?} in mesh {mesh}: {what}"));
-            let port = |name: &str| u16::try_from(num(&item, name)).ok().filter(|p| *p != 0);
-            endpoints.push(EndpointEntry {
-                service: text(&item, attr::SERVICE).ok_or_else(|| bad("no service"))?.to_owned(),
-                address: text(&item, attr::ADDRESS).ok_or_else(|| bad("no address"))?.to_owned(),
-                port: port(attr::PORT).ok_or_else(|| bad("no port"))?,
-                service_port: port(attr::SERVICE_PORT).unwrap_or(0),
-                zone: text(&item, attr::ZONE).map(str::to_owned),
-                task_arn: text(&item, attr::TASK_ARN).map(str::to_owned),
-            });
-        }
+            .map(|item| Ok((keyed(item), service_entry(mesh, item)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let endpoints = query(&self.client, &self.table, &pk, "EP#", None)
+            .await?
+            .iter()
+            .map(|item| Ok((keyed(item), endpoint_entry(mesh, item)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((services, endpoints))
     }
+
+    /// The mesh's change items written at or after `since_ms` (epoch
+    /// milliseconds), oldest first. Eventually consistent: a change item is
+    /// written once and never modified, so a read sees it whole or not yet,
+    /// and the caller reads again from before it.
+    pub async fn changes(&self, mesh: &str, since_ms: u64) -> Result<Vec<ChangeItem>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
+                .expression_attribute_names("#pk", keys::PK)
+                .expression_attribute_names("#sk", keys::SK)
+                .expression_attribute_values(":pk", s(keys::mesh_pk(mesh)))
+                .expression_attribute_values(":from", s(keys::change_sk(since_ms, 0)))
+                .expression_attribute_values(":to", s(format!("{}~", keys::CHANGE_PREFIX)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", &self.table, e))?;
+            for item in page.items() {
+                let sk = text(item, keys::SK).unwrap_or_default().to_owned();
+                let at_ms = sk
+                    .strip_prefix(keys::CHANGE_PREFIX)
+                    .and_then(|rest| rest.split('#').next())
+                    .and_then(|ms| ms.parse().ok())
+                    .ok_or_else(|| StoreError::corrupt(format!("change item {sk:?} in mesh {mesh}")))?;
+                let changed = item.get(attr::CHANGED).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+                out.push(ChangeItem { sk, at_ms, changed });
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The service and endpoint items under these sort keys, read strongly
+    /// consistent (they may have changed a moment ago), 100 keys a call; a
+    /// key with no item is a deletion.
+    pub async fn items(&self, mesh: &str, sks: &[String]) -> Result<Vec<(String, Option<MeshItem>)>, StoreError> {
+        let pk = keys::mesh_pk(mesh);
+        let found = std::sync::Mutex::new(HashMap::new());
+        for chunk in sks.chunks(100) {
+            let pending: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(|sk| key(pk.clone(), sk.clone())).collect();
+            super::until_processed("BatchGetItem", pending, |keys| async {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| super::build_err(&self.table, e))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("BatchGetItem", &self.table, e))?;
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let sk = text(item, keys::SK).unwrap_or_default().to_owned();
+                    if let Some(entry) = mesh_item(mesh, item)? {
+                        found.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(sk, entry);
+                    }
+                }
+                Ok(out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default())
+            })
+            .await?;
+        }
+        let mut found = found.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(sks.iter().map(|sk| (sk.clone(), found.remove(sk))).collect())
+    }
+}
+
+/// A change item: when it was written and what it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeItem {
+    pub sk: String,
+    pub at_ms: u64,
+    /// Sort keys of the mesh items it changed.
+    pub changed: Vec<String>,
+}
+
+/// A mesh item a sidecar serves from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshItem {
+    Service(ServiceEntry),
+    Endpoint(EndpointEntry),
+}
+
+fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
+    let sk = text(item, keys::SK).unwrap_or_default();
+    if sk.starts_with("SVC#") {
+        Ok(Some(MeshItem::Service(service_entry(mesh, item)?)))
+    } else if sk.starts_with("EP#") {
+        Ok(Some(MeshItem::Endpoint(endpoint_entry(mesh, item)?)))
+    } else {
+        Ok(None)
+    }
+}
+
+fn endpoint_entry(mesh: &str, item: &Item) -> Result<EndpointEntry, StoreError> {
+    let sk = text(item, keys::SK).unwrap_or_default();
+    let bad = |what: &str| StoreError::corrupt(format!("endpoint item {sk:?} in mesh {mesh}: {what}"));
+    let port = |name: &str| u16::try_from(num(item, name)).ok().filter(|p| *p != 0);
+    Ok(EndpointEntry {
+        service: text(item, attr::SERVICE).ok_or_else(|| bad("no service"))?.to_owned(),
+        address: text(item, attr::ADDRESS).ok_or_else(|| bad("no address"))?.to_owned(),
+        port: port(attr::PORT).ok_or_else(|| bad("no port"))?,
+        service_port: port(attr::SERVICE_PORT).unwrap_or(0),
+        zone: text(item, attr::ZONE).map(str::to_owned),
+        task_arn: text(item, attr::TASK_ARN).map(str::to_owned),
+    })
 }

@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 pub use dns_store::DynamoDnsStore;
-pub use mesh_view::DynamoMeshView;
+pub use mesh_view::{ChangeItem, DynamoMeshView, MeshItem};
 pub use registry::DynamoRegistry;
 pub use resources::{Applied, DynamoResources, WriteError, declared_key};
 pub use status::{ConflictRow, DynamoStatus, LeaseRow, RefusalRow};
@@ -198,30 +198,22 @@ pub(crate) fn key(pk: String, sk: String) -> std::collections::HashMap<String, A
     std::collections::HashMap::from([(super::keys::PK.to_owned(), s(pk)), (super::keys::SK.to_owned(), s(sk))])
 }
 
-/// `ADD generation 1` on a counter item (a mesh's view, the DNS state): how
-/// readers learn that something changed with one small read.
-pub(crate) fn bump_generation(
+/// What every write a sidecar must see adds to its transaction: `ADD
+/// generation 1` on the mesh's VIEW item (and the VIP port sidecars listen
+/// on, when known), and a change item listing the sort keys it changed, so
+/// sidecars read just those items. Both commit with the change or not at all.
+pub(crate) fn view_changed(
     table: &str,
-    pk: String,
-    sk: &str,
-    now: crate::vip::UnixSeconds,
-) -> Result<TransactWriteItem, StoreError> {
-    bump_view(table, pk, sk, now, None)
-}
-
-/// [`bump_generation`], also setting the VIP port sidecars listen on, so
-/// functions and sidecars can never disagree about it.
-pub(crate) fn bump_view(
-    table: &str,
-    pk: String,
-    sk: &str,
+    mesh: &str,
+    changed: &[String],
     now: crate::vip::UnixSeconds,
     vip_port: Option<u16>,
-) -> Result<TransactWriteItem, StoreError> {
-    use super::keys::attr;
+) -> Result<Vec<TransactWriteItem>, StoreError> {
+    use super::keys::{self, attr};
+    let pk = keys::mesh_pk(mesh);
     let mut u = aws_sdk_dynamodb::types::Update::builder()
         .table_name(table)
-        .set_key(Some(key(pk, sk.to_owned())))
+        .set_key(Some(key(pk.clone(), keys::VIEW_SK.to_owned())))
         .expression_attribute_names("#g", attr::GENERATION)
         .expression_attribute_names("#u", attr::UPDATED_AT)
         .expression_attribute_values(":one", n(1))
@@ -233,7 +225,26 @@ pub(crate) fn bump_view(
             .expression_attribute_values(":p", n(p.into())),
         None => u.update_expression("ADD #g :one SET #u = :now"),
     };
-    Ok(TransactWriteItem::builder().update(u.build().map_err(|e| build_err(table, e))?).build())
+    let mut items = vec![TransactWriteItem::builder().update(u.build().map_err(|e| build_err(table, e))?).build()];
+    let mut changed: Vec<String> = changed.to_vec();
+    changed.sort();
+    changed.dedup();
+    if !changed.is_empty() {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut item = key(pk, keys::change_sk(at_ms, fastrand::u64(..)));
+        item.insert(attr::CHANGED.into(), AttributeValue::Ss(changed));
+        item.insert(attr::EXPIRES_AT.into(), n(now + keys::CHANGE_RETENTION_S));
+        let put = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(table)
+            .set_item(Some(item))
+            .build()
+            .map_err(|e| build_err(table, e))?;
+        items.push(TransactWriteItem::builder().put(put).build());
+    }
+    Ok(items)
 }
 
 /// Bumps the DNS state's generation so dns-sync runs, and adds `mesh` to

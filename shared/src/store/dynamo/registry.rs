@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
-use super::{build_err, bump_generation, key, n, s, sdk_error, transact};
+use super::{build_err, key, n, s, sdk_error, transact};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::model::MeshServicesMode;
 use crate::registration::{RefusalRecord, Registration, Registry, TaskRecord, WriteOutcome};
@@ -173,7 +173,20 @@ impl Registry for DynamoRegistry {
             }
             items.push(TransactWriteItem::builder().update(u.build().map_err(|e| self.err(e))?).build());
         }
-        items.push(super::bump_view(&self.table, mesh_pk, keys::VIEW_SK, reg.now, Some(reg.vip_port))?);
+        // Sidecars see endpoints, and services that are new or carry ports.
+        let changed: Vec<String> = reg
+            .endpoints
+            .iter()
+            .map(|e| keys::endpoint_sk(&e.service, &reg.task_id, e.port))
+            .chain(
+                reg.services
+                    .iter()
+                    .zip(&service_sks)
+                    .filter(|(svc, _)| reg.new_services.contains(&svc.key) || !svc.ports.is_empty())
+                    .map(|(_, sk)| sk.clone()),
+            )
+            .collect();
+        items.extend(super::view_changed(&self.table, &reg.mesh, &changed, reg.now, Some(reg.vip_port))?);
         if reg.dns_changed {
             // dns-sync learns of the change, and of the mesh to read services from.
             items.push(super::bump_dns(&self.table, Some(&reg.mesh), reg.now)?);
@@ -238,8 +251,8 @@ impl Registry for DynamoRegistry {
                 .map_err(|e| self.err(e))?;
             items.push(TransactWriteItem::builder().update(u).build());
         }
-        if seen.mesh.is_some() {
-            items.push(bump_generation(&self.table, mesh_pk, keys::VIEW_SK, now)?);
+        if let Some(mesh) = &seen.mesh {
+            items.extend(super::view_changed(&self.table, mesh, &seen.endpoints, now, None)?);
         }
         match transact(&self.client, &self.table, "TransactWriteItems (deregister task)", items.clone()).await? {
             None => Ok(WriteOutcome::Applied),

@@ -9,9 +9,7 @@ use std::net::Ipv4Addr;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
-use super::{
-    build_err, bump_dns, bump_generation, key, labels_value, n, num, ports_value, s, sdk_error, text, transact,
-};
+use super::{build_err, bump_dns, key, labels_value, n, num, ports_value, s, sdk_error, text, transact, view_changed};
 use crate::config::Pools;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::model::{Resource, ResourceKind};
@@ -226,7 +224,9 @@ impl DynamoResources {
             items.push(self.declare(d, vip, now)?);
         }
         if let Some(m) = mesh {
-            items.push(bump_generation(&self.table, keys::mesh_pk(m), keys::VIEW_SK, now)?);
+            let changed: Vec<String> =
+                declared.map(|(d, _)| keys::service_sk(d.key.kind, &d.key.name)).into_iter().collect();
+            items.extend(view_changed(&self.table, m, &changed, now, None)?);
         }
         items.push(bump_dns(&self.table, mesh, now)?);
         match transact(&self.client, &self.table, "TransactWriteItems (apply)", items).await? {
@@ -311,7 +311,8 @@ impl DynamoResources {
             items.push(TransactWriteItem::builder().update(u).build());
         }
         if let Some(m) = mesh {
-            items.push(bump_generation(&self.table, keys::mesh_pk(m), keys::VIEW_SK, now)?);
+            let changed: Vec<String> = declared.map(|k| keys::service_sk(k.kind, &k.name)).into_iter().collect();
+            items.extend(view_changed(&self.table, m, &changed, now, None)?);
         }
         items.push(bump_dns(&self.table, mesh, now)?);
         match transact(&self.client, &self.table, "TransactWriteItems (delete)", items).await? {
