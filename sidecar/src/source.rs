@@ -265,6 +265,34 @@ impl Source {
     }
 }
 
+/// The sidecar's table view code without listeners: what a sidecar reads and
+/// keeps, one check at a time. The benchmark's simulated fleet runs this.
+#[derive(Debug)]
+pub struct ViewClient {
+    source: Source,
+    seen: Option<Marker>,
+}
+
+impl ViewClient {
+    pub fn new(reader: DynamoMeshView, mesh: String, vip_port: u16) -> Self {
+        Self { source: Source::table(reader, mesh, vip_port), seen: None }
+    }
+
+    /// One refresh: the new view when something changed.
+    pub async fn check(&mut self) -> Result<Option<View>, String> {
+        match self.source.fetch(self.seen.as_ref()).await? {
+            Fetched::Unchanged => Ok(None),
+            Fetched::New(view, marker, next) => {
+                self.seen = Some(marker);
+                if let (Some(next), Source::Table { replica, .. }) = (next, &mut self.source) {
+                    *replica = Some(*next);
+                }
+                Ok(Some(view))
+            }
+        }
+    }
+}
+
 /// How long one refresh may take: a few intervals, and never less than 5 s
 /// (one DynamoDB call answers in milliseconds; a refresh reads at most a
 /// handful of pages).

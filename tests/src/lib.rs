@@ -32,6 +32,13 @@ pub async fn sdk_config() -> SdkConfig {
     loopmesh_shared::aws::sdk_config().await
 }
 
+/// SDK configuration for another endpoint in front of the emulator (a limit
+/// proxy); set on the loader, where it wins over `AWS_ENDPOINT_URL`.
+pub async fn sdk_config_at(url: &str) -> SdkConfig {
+    endpoint();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(url).load().await
+}
+
 pub async fn dynamo_client() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&sdk_config().await)
 }
@@ -118,6 +125,7 @@ impl Intercept for CallCounter {
 }
 
 pub mod dns;
+pub mod dynamo_proxy;
 pub mod ecs;
 pub mod fault_proxy;
 pub mod process;
