@@ -164,6 +164,18 @@ impl Admin {
                 s.failing.load(Ordering::Relaxed).to_string(),
             ),
             (
+                "loopmesh_view_reads_total",
+                "counter",
+                "DynamoDB requests the view has cost",
+                s.reads.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_read_units_total",
+                "counter",
+                "DynamoDB read units the view has cost, as DynamoDB reports them",
+                format!("{:.1}", s.read_milli_units.load(Ordering::Relaxed) as f64 / 1000.0),
+            ),
+            (
                 "loopmesh_view_rejected_total",
                 "counter",
                 "views rejected by validation",

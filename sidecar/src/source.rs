@@ -176,6 +176,9 @@ pub struct ViewStatus {
     pub failing: AtomicU64,
     pub rejected: AtomicU64,
     pub generation: AtomicU64,
+    /// DynamoDB requests and read units (thousandths) the view has cost, as DynamoDB reports them.
+    pub reads: AtomicU64,
+    pub read_milli_units: AtomicU64,
 }
 
 impl Default for ViewStatus {
@@ -188,6 +191,8 @@ impl Default for ViewStatus {
             failing: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            read_milli_units: AtomicU64::new(0),
         }
     }
 }
@@ -278,6 +283,14 @@ impl ViewClient {
         Self { source: Source::table(reader, mesh, vip_port), seen: None }
     }
 
+    /// DynamoDB requests and read units spent so far, as DynamoDB reports them.
+    pub fn usage(&self) -> (u64, f64) {
+        match &self.source {
+            Source::Table { reader, .. } => (reader.usage().requests(), reader.usage().read_units()),
+            Source::File(_) => (0, 0.0),
+        }
+    }
+
     /// One refresh: the new view when something changed.
     pub async fn check(&mut self) -> Result<Option<View>, String> {
         match self.source.fetch(self.seen.as_ref()).await? {
@@ -319,6 +332,10 @@ pub async fn refresh(
                 Err(format!("no answer in {timeout:?}"))
             }),
         };
+        if let Source::Table { reader, .. } = &source {
+            status.reads.store(reader.usage().requests(), Ordering::Relaxed);
+            status.read_milli_units.store((reader.usage().read_units() * 1000.0) as u64, Ordering::Relaxed);
+        }
         let failures = match fetched {
             Ok(Fetched::Unchanged) => {
                 status.ok();

@@ -96,6 +96,10 @@ async fn a_change_costs_a_sidecar_a_few_read_units_not_a_read_of_the_mesh() {
     let first = client.check().await.unwrap().expect("the first check reads the mesh");
     assert_eq!(addresses(&first, "svc-3").len(), 10);
     let whole = proxy.total().read_units;
+    // The view reports its own reads (moto reports flat units; DynamoDB the real ones).
+    let (reads, units) = client.usage();
+    assert_eq!(reads, proxy.total().calls);
+    assert!(units > 0.0);
 
     proxy.reset();
     assert!(client.check().await.unwrap().is_none());

@@ -10,7 +10,11 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
-use super::{Item, key, num, query, s, sdk_error, service_entry, text};
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+
+use super::{Item, ReadUsage, key, num, query_counted, s, sdk_error, service_entry, text};
 use crate::error::StoreError;
 use crate::store::keys::{self, attr};
 use crate::view::{EndpointEntry, ServiceEntry};
@@ -19,11 +23,17 @@ use crate::view::{EndpointEntry, ServiceEntry};
 pub struct DynamoMeshView {
     client: Client,
     table: String,
+    usage: Arc<ReadUsage>,
 }
 
 impl DynamoMeshView {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self { client, table: table.into(), usage: Arc::default() }
+    }
+
+    /// Requests and read units spent so far by this reader and its clones.
+    pub fn usage(&self) -> &ReadUsage {
+        &self.usage
     }
 
     /// The mesh's view generation (0 while nothing was ever registered) and
@@ -38,9 +48,11 @@ impl DynamoMeshView {
             .projection_expression("#g, #p")
             .expression_attribute_names("#g", attr::GENERATION)
             .expression_attribute_names("#p", attr::VIP_PORT)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| sdk_error("GetItem", &self.table, e))?;
+        self.usage.add(out.consumed_capacity());
         let item = out.item();
         let port = item.and_then(|i| u16::try_from(num(i, attr::VIP_PORT)).ok()).filter(|p| *p != 0);
         Ok((item.map(|i| num(i, attr::GENERATION)).unwrap_or(0), port))
@@ -60,12 +72,12 @@ impl DynamoMeshView {
     ) -> Result<(Vec<(String, ServiceEntry)>, Vec<(String, EndpointEntry)>), StoreError> {
         let pk = keys::mesh_pk(mesh);
         let keyed = |item: &Item| text(item, keys::SK).unwrap_or_default().to_owned();
-        let services = query(&self.client, &self.table, &pk, "SVC#", None)
+        let services = query_counted(&self.client, &self.table, &pk, "SVC#", None, Some(&self.usage))
             .await?
             .iter()
             .map(|item| Ok((keyed(item), service_entry(mesh, item)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let endpoints = query(&self.client, &self.table, &pk, "EP#", None)
+        let endpoints = query_counted(&self.client, &self.table, &pk, "EP#", None, Some(&self.usage))
             .await?
             .iter()
             .map(|item| Ok((keyed(item), endpoint_entry(mesh, item)?)))
@@ -92,9 +104,11 @@ impl DynamoMeshView {
                 .expression_attribute_values(":from", s(keys::change_sk(since_ms, 0)))
                 .expression_attribute_values(":to", s(format!("{}~", keys::CHANGE_PREFIX)))
                 .set_exclusive_start_key(start)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| sdk_error("Query", &self.table, e))?;
+            self.usage.add(page.consumed_capacity());
             for item in page.items() {
                 let sk = text(item, keys::SK).unwrap_or_default().to_owned();
                 let at_ms = sk
@@ -131,9 +145,11 @@ impl DynamoMeshView {
                     .client
                     .batch_get_item()
                     .request_items(&self.table, request)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
                     .await
                     .map_err(|e| sdk_error("BatchGetItem", &self.table, e))?;
+                self.usage.add(out.consumed_capacity().first());
                 for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
                     let sk = text(item, keys::SK).unwrap_or_default().to_owned();
                     if let Some(entry) = mesh_item(mesh, item)? {

@@ -15,6 +15,7 @@ use aws_sdk_dynamodb::types::{
 
 pub use dns_store::DynamoDnsStore;
 pub use mesh_view::{ChangeItem, DynamoMeshView, MeshItem};
+
 pub use registry::DynamoRegistry;
 pub use resources::{Applied, DynamoResources, WriteError, declared_key};
 pub use status::{ConflictRow, DynamoStatus, LeaseRow, RefusalRow};
@@ -287,6 +288,18 @@ pub(crate) async fn query(
     prefix: &str,
     limit: Option<i32>,
 ) -> Result<Vec<Item>, StoreError> {
+    query_counted(client, table, pk, prefix, limit, None).await
+}
+
+/// [`query`], adding each page's request and consumed read units to `usage`.
+pub(crate) async fn query_counted(
+    client: &Client,
+    table: &str,
+    pk: &str,
+    prefix: &str,
+    limit: Option<i32>,
+    usage: Option<&ReadUsage>,
+) -> Result<Vec<Item>, StoreError> {
     let mut out = Vec::new();
     let mut start = None;
     loop {
@@ -301,14 +314,43 @@ pub(crate) async fn query(
             .consistent_read(true)
             .set_limit(limit)
             .set_exclusive_start_key(start)
+            .set_return_consumed_capacity(usage.map(|_| aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total))
             .send()
             .await
             .map_err(|e| sdk_error("Query", table, e))?;
+        if let Some(u) = usage {
+            u.add(page.consumed_capacity());
+        }
         out.extend(page.items().iter().cloned());
         start = page.last_evaluated_key().cloned();
         if start.is_none() || limit.is_some() {
             return Ok(out);
         }
+    }
+}
+
+/// Requests and read units a reader spent, as DynamoDB reports them
+/// (`ReturnConsumedCapacity`): what a sidecar's `/metrics` shows.
+#[derive(Debug, Default)]
+pub struct ReadUsage {
+    requests: std::sync::atomic::AtomicU64,
+    milli_units: std::sync::atomic::AtomicU64,
+}
+
+impl ReadUsage {
+    pub(crate) fn add(&self, consumed: Option<&aws_sdk_dynamodb::types::ConsumedCapacity>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.requests.fetch_add(1, Relaxed);
+        let units = consumed.and_then(|c| c.capacity_units()).unwrap_or(0.0);
+        self.milli_units.fetch_add((units * 1000.0).round() as u64, Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn read_units(&self) -> f64 {
+        self.milli_units.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
     }
 }
 
