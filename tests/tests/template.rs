@@ -108,3 +108,23 @@ fn route53_writes_are_limited_to_a_records() {
         "names limited to the mesh domain"
     );
 }
+
+/// Every read the sidecar's view code makes (`DynamoMeshView`) is allowed,
+/// only on the table, and only in the partition of the task role's mesh tag.
+#[test]
+fn the_sidecar_policy_allows_the_view_reads_in_its_own_mesh_only() {
+    let template: Value = serde_yaml_ng::from_str(loopmesh_shared::store::table::TEMPLATE).expect("template parses");
+    let policy = &template["Resources"]["SidecarReadPolicy"]["Properties"]["PolicyDocument"];
+    let mut all = Vec::new();
+    statements(policy, &mut all);
+    assert_eq!(all.len(), 1);
+    let actions = strings(all[0].get("Action"));
+    assert_eq!(actions, ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"]);
+    let leading = strings(all[0]["Condition"]["ForAllValues:StringEquals"].get("dynamodb:LeadingKeys"));
+    assert_eq!(leading, ["MESH#${aws:PrincipalTag/kuma.io/mesh}"]);
+    let source = include_str!("../../shared/src/store/dynamo/mesh_view.rs");
+    for call in [".get_item()", ".query()", ".batch_get_item()"] {
+        assert!(source.contains(call), "the view no longer calls {call}: update this test and the policy");
+    }
+    assert!(!source.contains(".scan()") && !source.contains("put_item"), "the view must only read");
+}
