@@ -176,6 +176,24 @@ impl Admin {
                 format!("{:.1}", s.read_milli_units.load(Ordering::Relaxed) as f64 / 1000.0),
             ),
             (
+                "loopmesh_view_wakeups_total",
+                "counter",
+                "wake-ups received for this mesh",
+                s.wakes.received.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_wakeups_ignored_total",
+                "counter",
+                "datagrams on the wake-up port that were not a wake-up for this mesh",
+                s.wakes.ignored.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "loopmesh_view_wakeups_trusted",
+                "gauge",
+                "1 while wake-ups arrive and the view is polled at the safety interval",
+                u8::from(s.wakes.trusted()).to_string(),
+            ),
+            (
                 "loopmesh_view_rejected_total",
                 "counter",
                 "views rejected by validation",

@@ -24,4 +24,5 @@ pub mod proxy;
 pub mod pump;
 pub mod source;
 pub mod task;
+pub mod wake;
 pub use loopmesh_shared::view;

@@ -18,7 +18,7 @@ use loopmesh_shared::store::dynamo::DynamoMeshView;
 use loopmesh_sidecar::admin::Admin;
 use loopmesh_sidecar::listeners::{InboundSpec, Listeners};
 use loopmesh_sidecar::proxy::ProxySettings;
-use loopmesh_sidecar::source::{Source, ViewStatus, refresh};
+use loopmesh_sidecar::source::{Cadence, Source, ViewStatus, refresh};
 use loopmesh_sidecar::task::{self, TaskMetadata};
 use tokio_util::sync::CancellationToken;
 
@@ -79,9 +79,15 @@ struct RunArgs {
     zone: Option<String>,
     #[arg(long, env = "LOOPMESH_SIDECAR_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
     admin_address: SocketAddr,
-    /// How often the view's generation is checked.
+    /// How often the view is checked, until wake-ups arrive.
     #[arg(long, env = "LOOPMESH_SIDECAR_REFRESH_INTERVAL", default_value = "1s", value_parser = duration)]
     refresh_interval: Duration,
+    /// Where wake-ups arrive (UDP); `off` polls at the refresh interval only.
+    #[arg(long, env = "LOOPMESH_SIDECAR_WAKE_ADDRESS", default_value = "0.0.0.0:15099")]
+    wake_address: String,
+    /// The poll period once wake-ups arrive: a safety net for a lost one.
+    #[arg(long, env = "LOOPMESH_SIDECAR_SAFETY_INTERVAL", default_value = "60s", value_parser = duration)]
+    safety_interval: Duration,
     #[arg(long, env = "LOOPMESH_SIDECAR_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
     connect_timeout: Duration,
     /// A connection that moves no byte for this long is closed.
@@ -245,8 +251,24 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // The admin endpoint outlives the listeners: `/ready` says 503 while draining.
     let admin_stop = CancellationToken::new();
     tokio::spawn(Admin { listeners: listeners.clone(), status: status.clone() }.serve(admin, admin_stop.clone()));
+    let mut cadence = Cadence::polling(args.refresh_interval);
+    if let Some(Source::Table { mesh, .. }) = &source
+        && args.wake_address != "off"
+    {
+        let address: std::net::SocketAddr =
+            args.wake_address.parse().map_err(|e| format!("--wake-address {:?}: {e} (or off)", args.wake_address))?;
+        if let Some(socket) = loopmesh_sidecar::wake::bind(address).await {
+            tracing::info!(%address, safety_interval_s = args.safety_interval.as_secs_f64(), "listening for wake-ups");
+            tokio::spawn(loopmesh_sidecar::wake::listen(socket, mesh.clone(), status.wakes.clone(), stop.clone()));
+            cadence = Cadence {
+                interval: args.refresh_interval,
+                safety: args.safety_interval,
+                wakes: Some(status.wakes.clone()),
+            };
+        }
+    }
     let refresher = match source {
-        Some(source) => tokio::spawn(refresh(source, listeners.clone(), status, args.refresh_interval, stop.clone())),
+        Some(source) => tokio::spawn(refresh(source, listeners.clone(), status, cadence, stop.clone())),
         None => {
             // Inbounds only: ready as soon as they listen.
             listeners.apply(loopmesh_sidecar::view::View::default())?;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::listeners::Listeners;
 use crate::view::{View, build};
+use crate::wake::{self, Wakes};
 
 /// Whether the VIP port disagreement was logged (once per process).
 static PORT_WARNED: AtomicBool = AtomicBool::new(false);
@@ -179,6 +180,7 @@ pub struct ViewStatus {
     /// DynamoDB requests and read units (thousandths) the view has cost, as DynamoDB reports them.
     pub reads: AtomicU64,
     pub read_milli_units: AtomicU64,
+    pub wakes: Arc<Wakes>,
 }
 
 impl Default for ViewStatus {
@@ -193,6 +195,7 @@ impl Default for ViewStatus {
             generation: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             read_milli_units: AtomicU64::new(0),
+            wakes: Arc::default(),
         }
     }
 }
@@ -313,16 +316,49 @@ pub fn fetch_timeout(interval: Duration) -> Duration {
     interval.saturating_mul(3).max(Duration::from_secs(5))
 }
 
+/// How often the view is checked: every `interval`, or every `safety` once
+/// wake-ups have proven to arrive (see [`crate::wake`]).
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    pub interval: Duration,
+    pub safety: Duration,
+    pub wakes: Option<Arc<Wakes>>,
+}
+
+impl Cadence {
+    pub fn polling(interval: Duration) -> Self {
+        Self { interval, safety: interval, wakes: None }
+    }
+
+    fn period(&self) -> Duration {
+        match &self.wakes {
+            Some(w) if w.trusted() => self.safety.max(self.interval),
+            _ => self.interval,
+        }
+    }
+}
+
+/// Waits for a wake-up; never returns without wake-ups configured.
+async fn woken(wakes: Option<&Wakes>) {
+    match wakes {
+        Some(w) => w.notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Keeps `listeners` on the source's latest good view until `stop`.
 pub async fn refresh(
     mut source: Source,
     listeners: Arc<Listeners>,
     status: Arc<ViewStatus>,
-    interval: Duration,
+    cadence: Cadence,
     stop: CancellationToken,
 ) {
+    let interval = cadence.interval;
     let mut seen: Option<Marker> = None;
     let timeout = fetch_timeout(interval);
+    let mut woke = false;
+    let mut last_wake_check: Option<Instant> = None;
     loop {
         let fetched = tokio::select! {
             biased;
@@ -355,6 +391,14 @@ pub async fn refresh(
                         seen = Some(marker);
                         if let (Some(next), Source::Table { replica, .. }) = (next, &mut source) {
                             *replica = Some(*next);
+                        }
+                        // A change the poll found before any wake-up announced it: the
+                        // wake-ups are not arriving, so poll at the normal interval again.
+                        if let Some(w) = cadence.wakes.as_deref().filter(|w| !woke && w.trusted()) {
+                            w.distrust();
+                            tracing::warn!(
+                                "a change arrived with no wake-up; polling at the refresh interval until one arrives"
+                            );
                         }
                         tracing::info!(
                             generation,
@@ -390,15 +434,27 @@ pub async fn refresh(
         };
         let wait = match (&source, failures) {
             // Jittered, so sidecars started together do not read together.
-            (_, 0) | (Source::File(_), _) => interval.mul_f64(0.8 + fastrand::f64() * 0.4),
+            (_, 0) | (Source::File(_), _) => cadence.period().mul_f64(0.8 + fastrand::f64() * 0.4),
             (Source::Table { .. }, n) => {
                 let backoff = interval.saturating_mul(1 << n.min(8)).min(MAX_BACKOFF);
                 backoff.mul_f64(0.5 + fastrand::f64() / 2.0)
             }
         };
-        tokio::select! {
+        woke = tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait) => false,
+            () = woken(cadence.wakes.as_deref()) => true,
+        };
+        if woke {
+            // A random pause spreads the fleet's reads after one wake-up;
+            // checks caused by wake-ups stay at most two a second.
+            let gap = last_wake_check.map_or(Duration::ZERO, |t| wake::MIN_GAP.saturating_sub(t.elapsed()));
+            let pause = gap.max(Duration::from_millis(fastrand::u64(0..250)));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            last_wake_check = Some(Instant::now());
         }
     }
 }

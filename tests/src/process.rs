@@ -104,7 +104,8 @@ impl Forwarder {
 
 /// A `loopmesh-sidecar` that binds the VIPs of `mesh`, read from `table`
 /// (through `aws_endpoint` when given: a forwarder that can fail), with its
-/// admin endpoint on `admin`, a 200 ms refresh, and extra `args` and `env`.
+/// admin endpoint on `admin`, a 200 ms refresh, no wake-ups, and extra `args` and
+/// `env` (which may set others).
 pub fn table_sidecar(
     table: &str,
     mesh: &str,
@@ -115,9 +116,12 @@ pub fn table_sidecar(
 ) -> ChildGuard {
     let mut cmd = std::process::Command::new(workspace_binary("loopmesh-sidecar"));
     cmd.args(["run", "--bind-outbounds", "--mesh", mesh, "--admin-address", &admin.to_string()])
-        .args(["--refresh-interval", "200ms"])
         .args(args)
         .env("LOOPMESH_TABLE_NAME", table)
+        .env("LOOPMESH_SIDECAR_REFRESH_INTERVAL", "200ms")
+        // Sidecars of one test host would share the default wake-up port;
+        // a test that sends wake-ups names its own with `--wake-address`.
+        .env("LOOPMESH_SIDECAR_WAKE_ADDRESS", "off")
         .envs(env.iter().copied())
         .env_remove("KUMA_DATAPLANE_RUNTIME_RESOURCE")
         .env_remove("ECS_CONTAINER_METADATA_URI_V4")

@@ -268,3 +268,68 @@ async fn a_sidecar_whose_environment_names_another_vip_port_follows_the_table() 
     let other = SocketAddr::from((services[0].1, 18080));
     assert!(std::net::TcpStream::connect(other).is_err(), "not on its environment's port");
 }
+
+/// A wake-up brings a change at once, long before the next poll; a change
+/// whose wake-up was lost arrives with the safety poll, and the sidecar then
+/// stops trusting wake-ups and polls at its refresh interval again.
+#[tokio::test]
+async fn a_wake_up_brings_a_change_at_once_and_a_lost_one_is_caught_by_the_safety_poll() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "wake").await;
+    let (_zone, settings) = zone_settings(&table, "wake.mesh.local").await;
+    let mesh = format!("wake{}", fastrand::u32(..));
+    let registrar = registrar(&settings).await;
+    let start = |service: &'static str, ip: [u8; 4], version| {
+        let mesh = mesh.clone();
+        let registrar = &registrar;
+        async move {
+            let tags = [("kuma.io/type", "dataplane"), ("kuma.io/mesh", mesh.as_str()), ("kuma.io/service", service)];
+            let td = task_definition(Some(&role(&tags).await), service, &mesh, true).await;
+            let address = Ipv4Addr::from(ip).to_string();
+            let ev = event("ecs-task-running.json", &td, &format!("{service}1"), &address, version);
+            match registrar.handle(&ev, unix_now()).await.unwrap() {
+                loopmesh_shared::registration::Outcome::Registered { services, .. } => services[0].1,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let _redis = task_server(Ipv4Addr::new(127, 0, 0, 81), "redis-1").await;
+    let _cache = task_server(Ipv4Addr::new(127, 0, 0, 82), "cache-1").await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let wake_at = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let args = ["--safety-interval", "8s", "--wake-address", &wake_at.to_string()];
+    let _sidecar = table_sidecar(&table, &mesh, admin, None, &args, &[("LOOPMESH_SIDECAR_REFRESH_INTERVAL", "8s")]);
+    eventually("/ready", WAIT, || admin_get(admin, "/ready").0 == 200).await;
+
+    let vip = start("redis", [127, 0, 0, 81], 2).await;
+    let redis_at = SocketAddr::from((vip, settings.vip_port));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(loopmesh_sidecar_wake("other-mesh").as_bytes(), wake_at).unwrap();
+    udp.send_to(loopmesh_sidecar_wake(&mesh).as_bytes(), wake_at).unwrap();
+    let woken = tokio::time::Instant::now();
+    eventually("the woken sidecar to listen on redis's VIP", Duration::from_secs(3), || {
+        std::net::TcpStream::connect(redis_at).is_ok()
+    })
+    .await;
+    assert!(woken.elapsed() < Duration::from_secs(3), "well before the 8 s poll");
+    assert_eq!(ask(redis_at).await, "redis-1");
+    let metrics = admin_get(admin, "/metrics").1;
+    assert_eq!(metric(&metrics, "loopmesh_view_wakeups_total"), Some(1.0));
+    assert_eq!(metric(&metrics, "loopmesh_view_wakeups_ignored_total"), Some(1.0));
+    assert_eq!(metric(&metrics, "loopmesh_view_wakeups_trusted"), Some(1.0));
+
+    // No wake-up this time: the safety poll brings it.
+    let vip = start("cache", [127, 0, 0, 82], 2).await;
+    let cache_at = SocketAddr::from((vip, settings.vip_port));
+    eventually("the safety poll to bring cache's VIP", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(cache_at).is_ok()
+    })
+    .await;
+    assert_eq!(ask(cache_at).await, "cache-1");
+    let metrics = admin_get(admin, "/metrics").1;
+    assert_eq!(metric(&metrics, "loopmesh_view_wakeups_trusted"), Some(0.0), "a lost wake-up ends the trust");
+}
+
+fn loopmesh_sidecar_wake(mesh: &str) -> String {
+    format!("loopmesh-wake 1 {mesh} CHG#0000000000000#0")
+}
