@@ -175,6 +175,19 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
     View { generation, outbounds }
 }
 
+/// The first word of a wake-up: one UDP datagram, `loopmesh-wake 1 <mesh>
+/// <change key>`, telling a sidecar its mesh changed so it checks the table
+/// now. It carries nothing to trust: the table stays the authority.
+pub const WAKE_MAGIC: &str = "loopmesh-wake";
+
+/// The port sidecars listen on for wake-ups unless configured otherwise.
+pub const WAKE_PORT: u16 = 15099;
+
+/// A wake-up for `mesh`, naming the newest change item.
+pub fn wake_datagram(mesh: &str, change: &str) -> String {
+    format!("{WAKE_MAGIC} 1 {mesh} {change}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! Wake-ups: a datagram that tells the sidecar its mesh changed, so it checks
 //! the table now instead of at its next poll.
 //!
-//! A wake-up is one UDP datagram, `loopmesh-wake 1 <mesh> <change key>`. It
+//! A wake-up is one UDP datagram, `loopmesh-wake 1 <mesh> <change key>`,
+//! sent by the view-notify function (`functions/view-notify`). It
 //! carries no data to trust: the sidecar only checks the table (the
 //! authority) sooner, so a forged one costs one half-unit read, and checks
 //! that wake-ups cause are at most two a second however many arrive. One for
@@ -16,17 +17,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// The first word of every wake-up.
-pub const MAGIC: &str = "loopmesh-wake";
-/// The port sidecars listen on for wake-ups, unless configured otherwise.
-pub const DEFAULT_PORT: u16 = 15099;
+pub use loopmesh_shared::view::{WAKE_MAGIC as MAGIC, WAKE_PORT as DEFAULT_PORT, wake_datagram as datagram};
+
 /// The least time between two checks caused by wake-ups.
 pub const MIN_GAP: Duration = Duration::from_millis(500);
-
-/// A wake-up for `mesh`, as the notifier sends it.
-pub fn datagram(mesh: &str, change: &str) -> String {
-    format!("{MAGIC} 1 {mesh} {change}")
-}
 
 /// What wake-ups the sidecar saw, for `/metrics`, and the signal the
 /// refresh loop waits on.

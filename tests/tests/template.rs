@@ -73,12 +73,12 @@ fn every_function_has_its_own_role_and_logs_only_to_its_own_group() {
         assert!(props.get("Policies").is_none(), "{name:?}: policies belong on its role");
         assert!(props.get("LoggingConfig").is_some(), "{name:?} names its log group");
     }
-    assert_eq!(functions, 3);
+    assert_eq!(functions, 4);
     let mut all = Vec::new();
     statements(&template, &mut all);
     let logs: Vec<&Value> =
         all.iter().filter(|st| strings(st.get("Action")).iter().any(|a| a.starts_with("logs:"))).collect();
-    assert_eq!(logs.len(), 3, "one logs statement per function");
+    assert_eq!(logs.len(), 4, "one logs statement per function");
     for st in logs {
         assert!(!strings(st.get("Resource")).iter().any(|r| r == "*"), "logs on *: {st:?}");
     }
