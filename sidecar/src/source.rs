@@ -126,7 +126,13 @@ impl Replica {
         let keys: Vec<String> =
             fresh.iter().flat_map(|c| c.changed.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         let items = reader.items(mesh, &keys).await.map_err(|e| e.to_string())?;
-        let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
+        // The VIEW item (generation, VIP port) matters only when services
+        // changed; an endpoint's change counts as one more generation.
+        let (generation, table_port) = if keys.iter().any(|k| k.starts_with("SVC#")) {
+            reader.generation(mesh).await.map_err(|e| e.to_string())?
+        } else {
+            (self.generation + fresh.len() as u64, Some(self.port))
+        };
         let mut next = self.clone();
         for (sk, item) in items {
             next.services.remove(&sk);
@@ -359,6 +365,8 @@ pub async fn refresh(
     let timeout = fetch_timeout(interval);
     let mut woke = false;
     let mut last_wake_check: Option<Instant> = None;
+    // Endpoints in the view: about how many sidecars share each wake-up.
+    let mut members = 0usize;
     loop {
         let fetched = tokio::select! {
             biased;
@@ -384,6 +392,7 @@ pub async fn refresh(
                 let generation = view.generation;
                 let outbounds = view.outbounds.len();
                 let endpoints: usize = view.outbounds.iter().map(|o| o.endpoints.len()).sum();
+                members = endpoints;
                 match listeners.apply(view) {
                     Ok(a) => {
                         status.ok();
@@ -446,10 +455,12 @@ pub async fn refresh(
             () = woken(cadence.wakes.as_deref()) => true,
         };
         if woke {
-            // A random pause spreads the fleet's reads after one wake-up;
-            // checks caused by wake-ups stay at most two a second.
-            let gap = last_wake_check.map_or(Duration::ZERO, |t| wake::MIN_GAP.saturating_sub(t.elapsed()));
-            let pause = gap.max(Duration::from_millis(fastrand::u64(0..250)));
+            // Every sidecar of the mesh got the same wake-up: a random pause
+            // over a window that grows with the mesh spreads their reads under
+            // the partition's limit, and each checks at most once a window.
+            let spread = wake::spread(members);
+            let gap = last_wake_check.map_or(Duration::ZERO, |t| spread.max(wake::MIN_GAP).saturating_sub(t.elapsed()));
+            let pause = gap.max(spread.mul_f64(fastrand::f64()));
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}

@@ -22,6 +22,22 @@ pub use loopmesh_shared::view::{WAKE_MAGIC as MAGIC, WAKE_PORT as DEFAULT_PORT, 
 /// The least time between two checks caused by wake-ups.
 pub const MIN_GAP: Duration = Duration::from_millis(500);
 
+/// Read units a mesh's partition may spend on the checks one wake-up causes,
+/// per second: under DynamoDB's 3,000 per partition, with room for writes'
+/// reads and the first reads of starting tasks.
+pub const READ_BUDGET_PER_S: f64 = 2_500.0;
+
+/// Read units one check after a change costs a sidecar (`docs/view.md`).
+pub const CHECK_READ_UNITS: f64 = 2.0;
+
+/// The window over which the sidecars of a mesh of `members` spread the
+/// checks one wake-up causes (each at a random moment in it): 250 ms for a
+/// small mesh, 0.8 s for 1,000 sidecars, 8 s for 10,000, so the partition
+/// serves them within its limit.
+pub fn spread(members: usize) -> Duration {
+    Duration::from_secs_f64(members as f64 * CHECK_READ_UNITS / READ_BUDGET_PER_S).max(Duration::from_millis(250))
+}
+
 /// What wake-ups the sidecar saw, for `/metrics`, and the signal the
 /// refresh loop waits on.
 #[derive(Debug, Default)]
@@ -99,6 +115,17 @@ pub async fn listen(socket: UdpSocket, mesh: String, wakes: Arc<Wakes>, stop: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spread_keeps_a_woken_mesh_under_the_partition_limit() {
+        assert_eq!(spread(10), Duration::from_millis(250));
+        assert_eq!(spread(1_000), Duration::from_millis(800));
+        assert_eq!(spread(10_000), Duration::from_secs(8));
+        for members in [10usize, 1_000, 10_000, 50_000] {
+            let per_second = members as f64 * CHECK_READ_UNITS / spread(members).as_secs_f64();
+            assert!(per_second <= READ_BUDGET_PER_S, "{members}: {per_second} RU/s");
+        }
+    }
 
     #[test]
     fn only_a_wake_up_for_this_mesh_counts() {
