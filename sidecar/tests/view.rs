@@ -2,13 +2,14 @@
 //! proxy: what a change costs a sidecar in read units, and a sidecar that is
 //! throttled keeping its view and catching up with deltas, not a full read.
 
-use loopmesh_shared::registration::{Endpoint, Registration, Registry, ServiceUpsert, TaskRecord};
+use loopmesh_shared::registration::{Registry, TaskRecord};
 use loopmesh_shared::store::dynamo::{DynamoMeshView, DynamoRegistry};
 use loopmesh_shared::store::keys;
-use loopmesh_shared::vip::{ServiceKey, ServiceKind};
+use loopmesh_shared::vip::ServiceKind;
 use loopmesh_sidecar::source::ViewClient;
 use loopmesh_sidecar::view::View;
 use loopmesh_tests::dynamo_proxy::{DynamoProxy, Limits};
+use loopmesh_tests::ecs::one_endpoint;
 
 const MESH: &str = "default";
 
@@ -35,36 +36,6 @@ async fn service(client: &aws_sdk_dynamodb::Client, table: &str, s: usize) {
             .send()
             .await
             .expect("put endpoint");
-    }
-}
-
-fn registration(service: &str, task: &str, address: &str) -> Registration {
-    let task_arn = format!("arn:aws:ecs:us-east-1:1:task/c/{task}");
-    Registration {
-        task_arn: task_arn.clone(),
-        task_id: task.into(),
-        cluster_arn: "arn:aws:ecs:us-east-1:1:cluster/c".into(),
-        mesh: MESH.into(),
-        version: 1,
-        endpoints: vec![Endpoint {
-            service: service.into(),
-            address: address.into(),
-            port: 15000,
-            service_port: 5050,
-            protocol: "tcp".into(),
-            zone: None,
-            task_arn,
-            version: 1,
-        }],
-        services: vec![ServiceUpsert {
-            key: ServiceKey::new(MESH, ServiceKind::Service, service),
-            ports: Vec::new(),
-            labels: Default::default(),
-        }],
-        dns_changed: false,
-        new_services: Vec::new(),
-        vip_port: 8080,
-        now: 1_800_000_000,
     }
 }
 
@@ -106,7 +77,7 @@ async fn a_change_costs_a_sidecar_a_few_read_units_not_a_read_of_the_mesh() {
     assert_eq!(proxy.total().read_units, 0.5);
     assert_eq!(proxy.usage("Query").calls, 1);
 
-    registry.register(&registration("svc-3", "new1", "10.9.0.1")).await.unwrap();
+    registry.register(&one_endpoint(MESH, "svc-3", "new1", "10.9.0.1")).await.unwrap();
     proxy.reset();
     let view = client.check().await.unwrap().expect("the new endpoint is a new view");
     assert!(addresses(&view, "svc-3").contains(&"10.9.0.1:15000".to_owned()));
@@ -115,9 +86,9 @@ async fn a_change_costs_a_sidecar_a_few_read_units_not_a_read_of_the_mesh() {
     assert!(cost * 4.0 < whole, "a change ({cost}) must cost far less than the mesh ({whole})");
 
     // A stop removes exactly that endpoint.
-    let seen = registry.task("arn:aws:ecs:us-east-1:1:task/c/new1").await.unwrap().expect("task item");
+    let seen = registry.task("arn:aws:ecs:us-east-1:123456789012:task/c/new1").await.unwrap().expect("task item");
     let seen = TaskRecord { ..seen };
-    registry.deregister("arn:aws:ecs:us-east-1:1:task/c/new1", &seen, 2, 1_800_000_010).await.unwrap();
+    registry.deregister("arn:aws:ecs:us-east-1:123456789012:task/c/new1", &seen, 2, 1_800_000_010).await.unwrap();
     let view = client.check().await.unwrap().expect("the stop is a new view");
     assert!(!addresses(&view, "svc-3").contains(&"10.9.0.1:15000".to_owned()));
     assert_eq!(addresses(&view, "svc-3").len(), 10);
@@ -130,7 +101,7 @@ async fn a_throttled_sidecar_keeps_its_view_and_catches_up_with_the_changes_alon
     client.check().await.unwrap();
 
     proxy.throttle_all(true);
-    registry.register(&registration("svc-7", "new2", "10.9.0.2")).await.unwrap();
+    registry.register(&one_endpoint(MESH, "svc-7", "new2", "10.9.0.2")).await.unwrap();
     let err = client.check().await.unwrap_err();
     assert!(err.contains("ProvisionedThroughputExceeded") || err.contains("throttl"), "{err}");
     assert!(proxy.total().throttled > 0);

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -18,9 +17,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 /// Per-partition capacity per second.
@@ -73,27 +71,13 @@ impl Drop for DynamoProxy {
 impl DynamoProxy {
     /// Starts a proxy on a free loopback port in front of `upstream` (moto's URL).
     pub async fn start(upstream: &str, limits: Limits) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-        let addr: SocketAddr = listener.local_addr().expect("proxy address");
         let state = Arc::new(Mutex::new(State { start: Some(Instant::now()), ..State::default() }));
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        handle(req, st.clone(), client.clone(), upstream.clone(), limits)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { url: format!("http://{addr}"), state, task }
+        let (url, task) =
+            crate::serve_http(move |req| handle(req, st.clone(), client.clone(), upstream.clone(), limits)).await;
+        Self { url, state, task }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

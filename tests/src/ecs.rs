@@ -230,3 +230,43 @@ pub fn event_for(task: &aws_sdk_ecs::types::Task, status: &str, version: u64) ->
     ev["resources"] = serde_json::json!([arn]);
     ev
 }
+
+/// What task-events writes for one task of an existing `kuma.io/service`
+/// service with one inbound (15000 -> 5050) at `address`: for tests and
+/// benchmarks that write registrations without an ECS event.
+pub fn one_endpoint(
+    mesh: &str,
+    service: &str,
+    task_id: &str,
+    address: &str,
+) -> loopmesh_shared::registration::Registration {
+    use loopmesh_shared::registration::{Endpoint, Registration, ServiceUpsert};
+    use loopmesh_shared::vip::{ServiceKey, ServiceKind};
+    let task_arn = format!("arn:aws:ecs:us-east-1:123456789012:task/c/{task_id}");
+    Registration {
+        task_arn: task_arn.clone(),
+        task_id: task_id.into(),
+        cluster_arn: "arn:aws:ecs:us-east-1:123456789012:cluster/c".into(),
+        mesh: mesh.into(),
+        version: 1,
+        endpoints: vec![Endpoint {
+            service: service.into(),
+            address: address.into(),
+            port: 15000,
+            service_port: 5050,
+            protocol: "tcp".into(),
+            zone: None,
+            task_arn,
+            version: 1,
+        }],
+        services: vec![ServiceUpsert {
+            key: ServiceKey::new(mesh, ServiceKind::Service, service),
+            ports: Vec::new(),
+            labels: Default::default(),
+        }],
+        dns_changed: false,
+        new_services: Vec::new(),
+        vip_port: 8080,
+        now: 1_800_000_000,
+    }
+}

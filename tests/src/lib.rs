@@ -179,3 +179,30 @@ pub fn mesh_resource_item(
         (keys::attr::MESH_SERVICES_MODE.to_owned(), AttributeValue::S(mode.to_owned())),
     ])
 }
+
+/// Serves `handle` over HTTP/1.1 on a free loopback port, for the limit
+/// proxies; returns its URL and the accept loop (abort it to stop).
+pub(crate) async fn serve_http<H, Fut>(handle: H) -> (String, tokio::task::JoinHandle<()>)
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<
+            Output = Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible>,
+        > + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(handle);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), task)
+}

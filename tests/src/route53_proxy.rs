@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +15,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 /// What the proxy enforces.
@@ -71,27 +69,14 @@ impl Drop for Route53Proxy {
 impl Route53Proxy {
     /// Starts a proxy on a free loopback port in front of `upstream` (moto's URL).
     pub async fn start(upstream: &str, limits: Limits) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-        let addr: SocketAddr = listener.local_addr().expect("proxy address");
         let state = Arc::new(Mutex::new(State::default()));
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (st, client, upstream, limits) = (st.clone(), client.clone(), upstream.clone(), limits.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        handle(req, st.clone(), client.clone(), upstream.clone(), limits.clone())
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { url: format!("http://{addr}"), state, task }
+        let (url, task) =
+            crate::serve_http(move |req| handle(req, st.clone(), client.clone(), upstream.clone(), limits.clone()))
+                .await;
+        Self { url, state, task }
     }
 
     pub fn calls(&self) -> Vec<Call> {

@@ -4,42 +4,13 @@
 
 use std::time::Duration;
 
-use loopmesh_shared::registration::{Endpoint, Registration, Registry, ServiceUpsert};
+use loopmesh_shared::registration::Registry;
 use loopmesh_shared::store::dynamo::{DynamoMeshView, DynamoRegistry};
 use loopmesh_shared::store::keys;
-use loopmesh_shared::vip::{ServiceKey, ServiceKind};
+use loopmesh_shared::vip::ServiceKind;
+use loopmesh_tests::ecs::one_endpoint;
 use loopmesh_tests::{attr_s, dynamo_client, fresh_table, query_prefix};
 use view_notify::{Notifier, changed_meshes};
-
-fn registration(mesh: &str, task: &str, address: &str) -> Registration {
-    let task_arn = format!("arn:aws:ecs:us-east-1:1:task/c/{task}");
-    Registration {
-        task_arn: task_arn.clone(),
-        task_id: task.into(),
-        cluster_arn: "arn:aws:ecs:us-east-1:1:cluster/c".into(),
-        mesh: mesh.into(),
-        version: 1,
-        endpoints: vec![Endpoint {
-            service: "redis".into(),
-            address: address.into(),
-            port: 16379,
-            service_port: 6379,
-            protocol: "tcp".into(),
-            zone: None,
-            task_arn,
-            version: 1,
-        }],
-        services: vec![ServiceUpsert {
-            key: ServiceKey::new(mesh, ServiceKind::Service, "redis"),
-            ports: Vec::new(),
-            labels: Default::default(),
-        }],
-        dns_changed: false,
-        new_services: Vec::new(),
-        vip_port: 8080,
-        now: 1_800_000_000,
-    }
-}
 
 #[tokio::test]
 async fn a_batch_of_changes_wakes_each_sidecar_of_the_mesh_once() {
@@ -62,9 +33,9 @@ async fn a_batch_of_changes_wakes_each_sidecar_of_the_mesh_once() {
     let mut sockets = vec![first];
     for (i, ip) in ["127.0.0.92", "127.0.0.93"].iter().enumerate() {
         sockets.push(tokio::net::UdpSocket::bind((*ip, port)).await.unwrap());
-        registry.register(&registration(mesh, &format!("t{i}"), ip)).await.unwrap();
+        registry.register(&one_endpoint(mesh, "redis", &format!("t{i}"), ip)).await.unwrap();
     }
-    registry.register(&registration(mesh, "t9", "127.0.0.91")).await.unwrap();
+    registry.register(&one_endpoint(mesh, "redis", "t9", "127.0.0.91")).await.unwrap();
     let changes = query_prefix(&client, &table, &keys::mesh_pk(mesh), keys::CHANGE_PREFIX).await;
     assert_eq!(changes.len(), 3, "one change item per registration");
     let records: Vec<serde_json::Value> = changes

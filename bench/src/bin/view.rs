@@ -16,13 +16,14 @@
 
 use std::time::Duration;
 
-use loopmesh_shared::registration::{Endpoint, Registration, Registry, ServiceUpsert};
+use loopmesh_shared::registration::{Registration, Registry};
 use loopmesh_shared::store::dynamo::{DynamoMeshView, DynamoRegistry};
 use loopmesh_shared::store::keys;
-use loopmesh_shared::vip::{ServiceKey, ServiceKind};
+use loopmesh_shared::vip::ServiceKind;
 use loopmesh_sidecar::source::ViewClient;
 use loopmesh_sidecar::wake::{self, CHECK_READ_UNITS as CHECK, READ_BUDGET_PER_S as BUDGET};
 use loopmesh_tests::dynamo_proxy::{DynamoProxy, Limits};
+use loopmesh_tests::ecs::one_endpoint;
 
 const MESH: &str = "big";
 const SERVICES: usize = 500;
@@ -96,34 +97,7 @@ async fn populate(client: &aws_sdk_dynamodb::Client, table: &str) {
 
 /// One task of `svc-0` starting: the registration task-events writes.
 fn registration(i: usize) -> Registration {
-    let task_id = format!("new{i:029x}");
-    let task_arn = format!("arn:aws:ecs:us-east-1:1:task/prod/{task_id}");
-    Registration {
-        task_arn: task_arn.clone(),
-        task_id,
-        cluster_arn: "arn:aws:ecs:us-east-1:1:cluster/prod".into(),
-        mesh: MESH.into(),
-        version: 1,
-        endpoints: vec![Endpoint {
-            service: "svc-0".into(),
-            address: format!("10.9.{}.{}", i / 250, i % 250 + 1),
-            port: 15000,
-            service_port: 5050,
-            protocol: "tcp".into(),
-            zone: Some("us-east-1b".into()),
-            task_arn,
-            version: 1,
-        }],
-        services: vec![ServiceUpsert {
-            key: ServiceKey::new(MESH, ServiceKind::Service, "svc-0"),
-            ports: Vec::new(),
-            labels: Default::default(),
-        }],
-        dns_changed: false,
-        new_services: Vec::new(),
-        vip_port: 8080,
-        now: 1_800_000_000,
-    }
+    one_endpoint(MESH, "svc-0", &format!("new{i:029x}"), &format!("10.9.{}.{}", i / 250, i % 250 + 1))
 }
 
 /// Today's loop on main: GetItem VIEW every check; the whole mesh when it moved.
