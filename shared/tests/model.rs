@@ -329,3 +329,16 @@ fn a_named_target_port_is_refused_a_numbered_one_kept() {
     let Resource::MeshService(s) = parse_one(&ms.replace("TARGET", "16379")).unwrap() else { panic!("a MeshService") };
     assert_eq!(s.ports[0].target_port.as_deref(), Some("16379"));
 }
+
+#[test]
+fn a_dataplane_whose_registration_cannot_fit_one_transaction_is_refused() {
+    let inbound =
+        |i: usize| format!("  - port: {}\n    servicePort: 80\n    tags:\n      kuma.io/service: s{i}\n", 15000 + i);
+    let doc = |n: usize| {
+        let inbounds: String = (0..n).map(inbound).collect();
+        format!("type: Dataplane\nname: dp\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n{inbounds}")
+    };
+    assert!(render_dataplane(&doc(loopmesh_shared::model::MAX_INBOUNDS), &DataplaneVars::new()).is_ok());
+    let err = render_dataplane(&doc(33), &DataplaneVars::new()).unwrap_err().to_string();
+    assert!(err.contains("networking.inbound: at most 32 inbounds, found 33"), "{err}");
+}

@@ -16,6 +16,11 @@ use crate::dns_name;
 /// task's own `address` and `dpname`).
 pub type DataplaneVars = BTreeMap<String, String>;
 
+/// The most inbounds one Dataplane may have: its registration (the task, an
+/// endpoint and up to two services per inbound, the view, its change item and
+/// the DNS state) must fit one `TransactWriteItems` of 100 items.
+pub const MAX_INBOUNDS: usize = 32;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataplane {
     pub name: String,
@@ -196,6 +201,15 @@ impl Dataplane {
         let raw_inbounds = networking.inbound.unwrap_or_default();
         if raw_inbounds.is_empty() {
             errors.push("networking.inbound", "at least one inbound is required");
+        }
+        if raw_inbounds.len() > MAX_INBOUNDS {
+            errors.push(
+                "networking.inbound",
+                format!(
+                    "at most {MAX_INBOUNDS} inbounds, found {}: a task's registration is one DynamoDB transaction of at most 100 items (an endpoint and up to two services per inbound)",
+                    raw_inbounds.len()
+                ),
+            );
         }
         let mut inbounds = Vec::with_capacity(raw_inbounds.len());
         for (i, ib) in raw_inbounds.into_iter().enumerate() {

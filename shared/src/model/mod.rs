@@ -15,7 +15,7 @@ mod services;
 mod tags;
 mod validation;
 
-pub use dataplane::{Dataplane, DataplaneVars, Inbound, StaticOutbound, render_dataplane};
+pub use dataplane::{Dataplane, DataplaneVars, Inbound, MAX_INBOUNDS, StaticOutbound, render_dataplane};
 pub use document::{DocumentError, Resource, ResourceKind, parse_documents, parse_documents_with_text, parse_one};
 pub use hostname_generator::{HostnameGenerator, HostnameTarget, NamedZone};
 pub use mesh::{Mesh, MeshServicesMode};
