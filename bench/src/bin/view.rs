@@ -119,6 +119,43 @@ impl Polling {
     }
 }
 
+/// A real `loopmesh-sidecar` process reading the mesh through the proxy.
+struct RealSidecar {
+    admin: std::net::SocketAddr,
+    wake: std::net::SocketAddr,
+    _child: loopmesh_tests::process::ChildGuard,
+}
+
+impl RealSidecar {
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = loopmesh_tests::process::admin_get(self.admin, "/metrics");
+        loopmesh_tests::process::metric(&body, &format!("{name} ")).unwrap_or(-1.0)
+    }
+}
+
+/// Three sidecar processes on the mesh, each with its own wake-up address,
+/// polling once an hour once they have read the mesh.
+async fn real_sidecars(table: &str, proxy: &DynamoProxy) -> Vec<RealSidecar> {
+    use loopmesh_tests::process::{free_port, table_sidecar};
+    let mut out = Vec::new();
+    for i in 0..3u8 {
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let wake = std::net::SocketAddr::from(([127, 0, 0, 201 + i], free_port("127.0.0.1")));
+        let args = ["--wake-address", &wake.to_string(), "--safety-interval", "1h"];
+        let child =
+            table_sidecar(table, MESH, admin, Some(&proxy.url), &args, &[("LOOPMESH_SIDECAR_REFRESH_INTERVAL", "1h")]);
+        out.push(RealSidecar { admin, wake, _child: child });
+    }
+    for r in &out {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while r.metric("loopmesh_view_generation") < 1.0 {
+            assert!(tokio::time::Instant::now() < deadline, "a real sidecar did not read the mesh");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
+
 /// Read units per sidecar of one check after one more new endpoint.
 async fn per_check_after<R: AsyncFnMut(usize)>(proxy: &DynamoProxy, fleet: &mut [ViewClient], register: &mut R) -> f64 {
     register(1).await;
@@ -171,6 +208,35 @@ async fn main() {
             next_task += 1;
         }
     };
+
+    // Real sidecar processes first (no change item written yet): each reads
+    // the mesh at start, then polls once an hour, so after one new endpoint
+    // a wake-up makes each do exactly one check, counted by the proxy.
+    let real = real_sidecars(&table, &proxy).await;
+    proxy.reset();
+    let reads_before: Vec<f64> = real.iter().map(|r| r.metric("loopmesh_view_reads_total")).collect();
+    register(1).await;
+    let wake = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    for r in &real {
+        wake.send_to(wake::datagram(MESH, "CHG#bench").as_bytes(), r.wake).expect("send a wake-up");
+    }
+    for (r, before) in real.iter().zip(&reads_before) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while r.metric("loopmesh_view_reads_total") <= *before {
+            assert!(tokio::time::Instant::now() < deadline, "a real sidecar did not check after its wake-up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Let each finish its check's reads.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let real_change = proxy.total().read_units / real.len() as f64;
+    let real_requests: f64 =
+        real.iter().zip(&reads_before).map(|(r, b)| r.metric("loopmesh_view_reads_total") - b).sum::<f64>()
+            / real.len() as f64;
+    drop(real);
+    // A mesh at rest: no change item within the next readers' overlap window
+    // (15 s before their first read, 15 s before that for their first check).
+    tokio::time::sleep(Duration::from_secs(31)).await;
 
     // After: the sidecar's real view code.
     let mut fleet: Vec<ViewClient> =
@@ -277,6 +343,9 @@ async fn main() {
     println!("| one check, nothing changed | {:.2} | {:.2} |", before.rest, after.rest);
     println!("| one new endpoint (goal <= 2) | {:.1} | {:.1} |", before.change, after.change);
     println!("| one check during a 500-task deploy over 60 s | {:.1} | {:.1} |", before.deploy, after.deploy);
+    println!(
+        "| one new endpoint, 3 real loopmesh-sidecar processes (requests per check) | | {real_change:.1} ({real_requests:.1}) |"
+    );
     println!(
         "| DynamoDB requests per ECS event (write units) | {:.0} ({:.0}) | {:.0} ({:.0}) |",
         before.requests_per_event, before.write_units_per_event, after.requests_per_event, after.write_units_per_event
