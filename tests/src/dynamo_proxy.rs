@@ -59,13 +59,7 @@ struct State {
 pub struct DynamoProxy {
     pub url: String,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for DynamoProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: crate::Server,
 }
 
 impl DynamoProxy {
@@ -75,9 +69,9 @@ impl DynamoProxy {
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let st = state.clone();
-        let (url, task) =
+        let (url, server) =
             crate::serve_http(move |req| handle(req, st.clone(), client.clone(), upstream.clone(), limits)).await;
-        Self { url, state, task }
+        Self { url, state, _server: server }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -180,9 +180,19 @@ pub fn mesh_resource_item(
     ])
 }
 
+/// An HTTP server of the harness; it stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Server(tokio::task::JoinHandle<()>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves `handle` over HTTP/1.1 on a free loopback port, for the limit
-/// proxies; returns its URL and the accept loop (abort it to stop).
-pub(crate) async fn serve_http<H, Fut>(handle: H) -> (String, tokio::task::JoinHandle<()>)
+/// proxies; returns its URL and the server.
+pub(crate) async fn serve_http<H, Fut>(handle: H) -> (String, Server)
 where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<
@@ -204,5 +214,5 @@ where
             });
         }
     });
-    (format!("http://{addr}"), task)
+    (format!("http://{addr}"), Server(task))
 }

@@ -57,13 +57,7 @@ struct State {
 pub struct Route53Proxy {
     pub url: String,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Route53Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: crate::Server,
 }
 
 impl Route53Proxy {
@@ -73,10 +67,10 @@ impl Route53Proxy {
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let st = state.clone();
-        let (url, task) =
+        let (url, server) =
             crate::serve_http(move |req| handle(req, st.clone(), client.clone(), upstream.clone(), limits.clone()))
                 .await;
-        Self { url, state, task }
+        Self { url, state, _server: server }
     }
 
     pub fn calls(&self) -> Vec<Call> {
