@@ -47,6 +47,13 @@ impl Source {
     pub fn table(reader: DynamoMeshView, mesh: String, vip_port: u16) -> Self {
         Self::Table { reader, mesh, vip_port, replica: None }
     }
+
+    /// Keeps the replica a view was built from, once that view is applied.
+    fn keep(&mut self, next: Option<Box<Replica>>) {
+        if let (Some(next), Self::Table { replica, .. }) = (next, self) {
+            *replica = Some(*next);
+        }
+    }
 }
 
 /// How far before the newest change item already applied each check reads
@@ -306,9 +313,7 @@ impl ViewClient {
             Fetched::Unchanged => Ok(None),
             Fetched::New(view, marker, next) => {
                 self.seen = Some(marker);
-                if let (Some(next), Source::Table { replica, .. }) = (next, &mut self.source) {
-                    *replica = Some(*next);
-                }
+                self.source.keep(next);
                 Ok(Some(view))
             }
         }
@@ -398,9 +403,7 @@ pub async fn refresh(
                         status.ok();
                         status.generation.store(generation, Ordering::Relaxed);
                         seen = Some(marker);
-                        if let (Some(next), Source::Table { replica, .. }) = (next, &mut source) {
-                            *replica = Some(*next);
-                        }
+                        source.keep(next);
                         // A change the poll found before any wake-up announced it: the
                         // wake-ups are not arriving, so poll at the normal interval again.
                         if let Some(w) = cadence.wakes.as_deref().filter(|w| !woke && w.trusted()) {

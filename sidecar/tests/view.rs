@@ -2,7 +2,7 @@
 //! proxy: what a change costs a sidecar in read units, and a sidecar that is
 //! throttled keeping its view and catching up with deltas, not a full read.
 
-use loopmesh_shared::registration::{Registry, TaskRecord};
+use loopmesh_shared::registration::Registry;
 use loopmesh_shared::store::dynamo::{DynamoMeshView, DynamoRegistry};
 use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::ServiceKind;
@@ -87,7 +87,6 @@ async fn a_change_costs_a_sidecar_a_few_read_units_not_a_read_of_the_mesh() {
 
     // A stop removes exactly that endpoint.
     let seen = registry.task("arn:aws:ecs:us-east-1:123456789012:task/c/new1").await.unwrap().expect("task item");
-    let seen = TaskRecord { ..seen };
     registry.deregister("arn:aws:ecs:us-east-1:123456789012:task/c/new1", &seen, 2, 1_800_000_010).await.unwrap();
     let view = client.check().await.unwrap().expect("the stop is a new view");
     assert!(!addresses(&view, "svc-3").contains(&"10.9.0.1:15000".to_owned()));

@@ -302,14 +302,8 @@ async fn handle(
             return Ok(throttled());
         }
     }
-    let uri = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    let mut forward = Request::builder().method(parts.method).uri(uri);
-    for (k, v) in &parts.headers {
-        forward = forward.header(k, v);
-    }
-    let Ok(forward) = forward.body(Full::new(body)) else { return Ok(throttled()) };
-    let response = match client.request(forward).await {
-        Ok(r) => r,
+    let (rparts, rbody) = match crate::forward(&client, &upstream, parts, body).await {
+        Ok(answer) => answer,
         Err(_) => {
             return Ok(Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -317,8 +311,6 @@ async fn handle(
                 .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))));
         }
     };
-    let (rparts, rbody) = response.into_parts();
-    let rbody = rbody.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if rparts.status.is_success() {
         let answer: Value = serde_json::from_slice(&rbody).unwrap_or(Value::Null);
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -232,15 +232,7 @@ async fn handle(req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Full<
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let uri = format!("{}{}", s.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    let mut forward = Request::builder().method(parts.method).uri(uri);
-    for (k, v) in &parts.headers {
-        forward = forward.header(k, v);
-    }
-    let forward = forward.body(Full::new(body)).map_err(|_| Dropped)?;
-    let response = s.client.request(forward).await.map_err(|_| Dropped)?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let (parts, body) = crate::forward(&s.client, &s.upstream, parts, body).await.map_err(|_| Dropped)?;
     if fault == Some(Fault::DropResponse) {
         // Applied upstream; the caller never learns it.
         return Err(Dropped);

@@ -216,3 +216,27 @@ where
     });
     (format!("http://{addr}"), Server(task))
 }
+
+/// Sends a request the proxies received on to `upstream`, headers and body
+/// as they came, and returns the answer with its body read.
+pub(crate) async fn forward(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    upstream: &str,
+    parts: hyper::http::request::Parts,
+    body: bytes::Bytes,
+) -> Result<(hyper::http::response::Parts, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
+    let uri = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut request = hyper::Request::builder().method(parts.method).uri(uri);
+    for (k, v) in &parts.headers {
+        request = request.header(k, v);
+    }
+    let request = request.body(http_body_util::Full::new(body)).map_err(|e| format!("request: {e}"))?;
+    let response = client.request(request).await.map_err(|e| format!("upstream: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).map_err(|e| format!("upstream body: {e}"))?;
+    Ok((parts, body))
+}

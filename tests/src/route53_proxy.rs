@@ -162,20 +162,10 @@ async fn handle(
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let uri = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    let mut forward = Request::builder().method(parts.method).uri(uri);
-    for (k, v) in &parts.headers {
-        forward = forward.header(k, v);
-    }
-    let Ok(forward) = forward.body(Full::new(body)) else {
-        return Ok(route53_error("InternalFailure", "proxy could not build the request"));
+    let (parts, body) = match crate::forward(&client, &upstream, parts, body).await {
+        Ok(answer) => answer,
+        Err(e) => return Ok(route53_error("InternalFailure", &e)),
     };
-    let response = match client.request(forward).await {
-        Ok(r) => r,
-        Err(e) => return Ok(route53_error("InternalFailure", &format!("upstream: {e}"))),
-    };
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let status = parts.status.as_u16();
     {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

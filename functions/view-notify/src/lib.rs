@@ -104,7 +104,7 @@ impl Notifier {
         {
             return Ok(addresses.clone());
         }
-        let (_, endpoints) = self.reader.read_keyed(mesh).await?;
+        let endpoints = self.reader.endpoints(mesh).await?;
         let addresses: BTreeSet<IpAddr> = endpoints.iter().filter_map(|(_, e)| e.address.parse().ok()).collect();
         let addresses: Vec<IpAddr> = addresses.into_iter().collect();
         cache.insert(mesh.to_owned(), (Instant::now(), addresses.clone()));

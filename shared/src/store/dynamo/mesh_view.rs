@@ -77,12 +77,16 @@ impl DynamoMeshView {
             .iter()
             .map(|item| Ok((keyed(item), service_entry(mesh, item)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let endpoints = query_counted(&self.client, &self.table, &pk, "EP#", None, Some(&self.usage))
+        Ok((services, self.endpoints(mesh).await?))
+    }
+
+    /// The mesh's endpoints, each with its sort key: one Query.
+    pub async fn endpoints(&self, mesh: &str) -> Result<Vec<(String, EndpointEntry)>, StoreError> {
+        query_counted(&self.client, &self.table, &keys::mesh_pk(mesh), "EP#", None, Some(&self.usage))
             .await?
             .iter()
-            .map(|item| Ok((keyed(item), endpoint_entry(mesh, item)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok((services, endpoints))
+            .map(|item| Ok((text(item, keys::SK).unwrap_or_default().to_owned(), endpoint_entry(mesh, item)?)))
+            .collect()
     }
 
     /// The mesh's change items written at or after `since_ms` (epoch
