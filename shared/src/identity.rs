@@ -61,14 +61,24 @@ pub fn check_role(role_tags: &BTreeMap<String, String>) -> Result<&str, Refusal>
 
 /// Allows the Dataplane, or says why not.
 pub fn check(role_tags: &BTreeMap<String, String>, dataplane: &Dataplane) -> Result<(), Refusal> {
-    let mesh = check_role(role_tags)?;
-    if mesh != dataplane.mesh {
-        return Err(Refusal::WrongMesh { role: mesh.to_owned(), dataplane: dataplane.mesh.clone() });
+    check_services(role_tags, &dataplane.mesh, dataplane.inbounds.iter().map(|ib| ib.service()))
+}
+
+/// Allows a role to act for these services of `mesh` (a Dataplane's
+/// inbounds, or the identities of a certificate), or says why not.
+pub fn check_services<'a>(
+    role_tags: &BTreeMap<String, String>,
+    mesh: &str,
+    services: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Refusal> {
+    let role_mesh = check_role(role_tags)?;
+    if role_mesh != mesh {
+        return Err(Refusal::WrongMesh { role: role_mesh.to_owned(), dataplane: mesh.to_owned() });
     }
     if let Some(service) = role_tags.get(SERVICE_TAG) {
-        for (index, ib) in dataplane.inbounds.iter().enumerate() {
-            if ib.service() != service {
-                return Err(Refusal::WrongService { role: service.clone(), inbound: ib.service().to_owned(), index });
+        for (index, inbound) in services.into_iter().enumerate() {
+            if inbound != service {
+                return Err(Refusal::WrongService { role: service.clone(), inbound: inbound.to_owned(), index });
             }
         }
     }

@@ -33,6 +33,7 @@ pub mod error;
 pub mod excerpt;
 pub mod identity;
 pub mod model;
+pub mod mtls;
 pub mod registration;
 pub mod resources;
 pub mod retry;

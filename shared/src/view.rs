@@ -17,6 +17,20 @@ pub struct View {
     #[serde(default)]
     pub generation: u64,
     pub outbounds: Vec<Outbound>,
+    /// The mesh's mTLS, when its Mesh enables a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MeshMtls>,
+}
+
+/// What a sidecar needs of its mesh's mTLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshMtls {
+    pub mesh: String,
+    /// The backend that signs new certificates.
+    pub backend: String,
+    pub mode: crate::model::MtlsMode,
+    /// Every backend's root known so far, PEM: a peer's certificate must chain to one.
+    pub trust_bundle: Vec<String>,
 }
 
 /// One listener: a service's VIP and port, and where its connections go.
@@ -38,6 +52,10 @@ pub struct Endpoint {
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The `kuma.io/service` a mesh endpoint's certificate must name when
+    /// the mesh enables mTLS; `None` for a MeshExternalService's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl View {
@@ -56,11 +74,21 @@ impl View {
                 return Err(format!("outbounds[{i}]: {}:{} is listed twice", o.vip, o.port));
             }
             for (j, e) in o.endpoints.iter().enumerate() {
+                if e.identity.as_deref().is_some_and(|s| s.is_empty() || s.contains('/')) {
+                    return Err(format!("outbounds[{i}].endpoints[{j}].identity: not a service name"));
+                }
                 if split_host_port(&e.address).is_none() {
                     return Err(format!(
                         "outbounds[{i}].endpoints[{j}].address: {:?} is not host:port with a port in 1..65535",
                         e.address
                     ));
+                }
+            }
+        }
+        if let Some(m) = &self.mtls {
+            for (i, pem) in m.trust_bundle.iter().enumerate() {
+                if crate::mtls::pem_certificates(pem).map_or(true, |c| c.is_empty()) {
+                    return Err(format!("mtls.trust_bundle[{i}]: not a PEM certificate"));
                 }
             }
         }
@@ -116,7 +144,11 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
     for e in endpoints {
         by_service.entry(&e.service).or_default().push(e);
     }
-    let endpoint = |e: &EndpointEntry| Endpoint { address: format!("{}:{}", e.address, e.port), zone: e.zone.clone() };
+    let endpoint = |e: &EndpointEntry| Endpoint {
+        address: format!("{}:{}", e.address, e.port),
+        zone: e.zone.clone(),
+        identity: Some(e.service.clone()),
+    };
     let of_port = |service: &str, port: u16| -> Vec<Endpoint> {
         // A MeshService port is the inbound port peers dial (Kuma's generator).
         by_service.get(service).into_iter().flatten().filter(|e| e.port == port).map(|e| endpoint(e)).collect()
@@ -161,7 +193,7 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
             }
             ServiceKind::MeshExternalService => {
                 let external: Vec<Endpoint> =
-                    s.external.iter().map(|a| Endpoint { address: a.clone(), zone: None }).collect();
+                    s.external.iter().map(|a| Endpoint { address: a.clone(), zone: None, identity: None }).collect();
                 for &port in &s.ports {
                     push(port, external.clone());
                 }
@@ -172,7 +204,7 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
     // Two services can never share a VIP (invariant 1); should the table say
     // otherwise, the first keeps the listener and the view stays valid.
     outbounds.dedup_by(|b, a| (a.vip, a.port) == (b.vip, b.port));
-    View { generation, outbounds }
+    View { generation, outbounds, mtls: None }
 }
 
 /// The first word of a wake-up: one UDP datagram, `loopmesh-wake 1 <mesh>

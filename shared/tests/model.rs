@@ -271,10 +271,34 @@ fn what_loopmesh_does_not_do_yet_is_refused_never_ignored() {
         let hit = e.0.iter().find(|v| v.path == path).unwrap_or_else(|| panic!("no error at {path}: {e}"));
         assert!(hit.rule.contains(words), "{path}: {}", hit.rule);
     };
+    // mTLS is enforced now: a builtin or provided backend is accepted; what is not valid is named.
+    let Ok(Resource::Mesh(m)) = parse_one(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n    dpCert:\n      rotation:\n        expiration: 12h\n",
+    ) else {
+        panic!("a builtin backend is accepted")
+    };
+    let mtls = m.mtls.unwrap();
+    assert_eq!(mtls.enabled().mode, loopmesh_shared::model::MtlsMode::Permissive);
+    assert_eq!(mtls.enabled().cert_lifetime, std::time::Duration::from_secs(12 * 3600));
     refused(
-        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-2\n  backends:\n  - name: ca-1\n    type: builtin\n",
         "mtls.enabledBackend",
-        "does not encrypt traffic",
+        "not the name of one of mtls.backends",
+    );
+    refused(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: v\n  backends:\n  - name: v\n    type: vault\n",
+        "mtls.backends[0].type",
+        "not builtin or provided",
+    );
+    refused(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: provided\n    conf:\n      cert:\n        file: /c.pem\n      key:\n        secret: k\n",
+        "mtls.backends[0].conf.cert.file",
+        "Secrets Manager",
+    );
+    refused(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: b\n  backends:\n  - name: b\n    type: builtin\n    mode: LAX\n",
+        "mtls.backends[0].mode",
+        "STRICT or PERMISSIVE",
     );
     // Backends alone enable nothing, as in Kuma.
     assert!(parse_one("type: Mesh\nname: default\nmtls:\n  backends:\n  - name: ca-1\n    type: builtin\n").is_ok());

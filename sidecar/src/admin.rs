@@ -132,6 +132,9 @@ impl Admin {
             }
         }
         let s = &self.status;
+        let m = &self.listeners.mtls.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let mtls = |name, kind, help, value: u64| (name, kind, help, value.to_string());
         let gauges = [
             (
                 "loopmesh_view_age_seconds",
@@ -212,6 +215,72 @@ impl Admin {
                 self.listeners.bind_errors.load(Ordering::Relaxed).to_string(),
             ),
             ("loopmesh_outbound_listeners", "gauge", "VIP listeners open", outbounds.len().to_string()),
+            mtls(
+                "loopmesh_mtls_enabled",
+                "gauge",
+                "1 while the mesh enables mTLS",
+                u64::from(self.listeners.mtls.active().is_some()),
+            ),
+            mtls(
+                "loopmesh_mtls_certificate_expiry_seconds",
+                "gauge",
+                "when the sidecar's certificate expires, seconds since the epoch (0: none held)",
+                load(&m.not_after),
+            ),
+            mtls(
+                "loopmesh_mtls_certificates_issued_total",
+                "counter",
+                "certificates the issuer signed for this sidecar",
+                load(&m.issued),
+            ),
+            mtls(
+                "loopmesh_mtls_issue_failures_total",
+                "counter",
+                "certificate requests refused or failed",
+                load(&m.issue_failures),
+            ),
+            mtls(
+                "loopmesh_mtls_inbound_handshakes_total",
+                "counter",
+                "inbound connections accepted with a mesh client certificate",
+                load(&m.inbound_handshakes),
+            ),
+            mtls(
+                "loopmesh_mtls_inbound_refused_total",
+                "counter",
+                "inbound handshakes refused (no, expired, foreign or other-mesh certificate)",
+                load(&m.inbound_refused),
+            ),
+            mtls(
+                "loopmesh_mtls_plain_refused_total",
+                "counter",
+                "plain-text inbound connections refused (STRICT)",
+                load(&m.plain_refused),
+            ),
+            mtls(
+                "loopmesh_mtls_plain_accepted_total",
+                "counter",
+                "plain-text inbound connections accepted (PERMISSIVE)",
+                load(&m.plain_accepted),
+            ),
+            mtls(
+                "loopmesh_mtls_outbound_handshakes_total",
+                "counter",
+                "outbound connections that proved the peer's identity",
+                load(&m.outbound_handshakes),
+            ),
+            mtls(
+                "loopmesh_mtls_outbound_refused_total",
+                "counter",
+                "outbound handshakes that failed (the peer is not the service expected)",
+                load(&m.outbound_refused),
+            ),
+            mtls(
+                "loopmesh_mtls_no_certificate_total",
+                "counter",
+                "mesh connections closed because no certificate is held yet",
+                load(&m.no_certificate),
+            ),
             (
                 "loopmesh_outbound_listeners_unbound",
                 "gauge",

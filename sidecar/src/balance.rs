@@ -42,6 +42,8 @@ pub struct EndpointState {
     pub address: String,
     pub target: Target,
     pub zone: Option<String>,
+    /// The service its certificate must name under mTLS (`None`: not a mesh endpoint).
+    pub identity: Option<String>,
     /// Open connections: the least-connections signal.
     pub active: AtomicUsize,
     failures: AtomicU32,
@@ -71,8 +73,9 @@ impl Balancer {
         let endpoints = endpoints
             .iter()
             .filter_map(|e| {
-                let kept =
-                    previous.and_then(|p| p.endpoints.iter().find(|s| s.address == e.address && s.zone == e.zone));
+                let kept = previous.and_then(|p| {
+                    p.endpoints.iter().find(|s| s.address == e.address && s.zone == e.zone && s.identity == e.identity)
+                });
                 if let Some(kept) = kept {
                     return Some(kept.clone());
                 }
@@ -80,6 +83,7 @@ impl Balancer {
                     address: e.address.clone(),
                     target: Target::parse(&e.address)?,
                     zone: e.zone.clone(),
+                    identity: e.identity.clone(),
                     active: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
@@ -160,7 +164,7 @@ mod tests {
         zones
             .iter()
             .enumerate()
-            .map(|(i, z)| Endpoint { address: format!("10.0.0.{}:80", i + 1), zone: Some((*z).into()) })
+            .map(|(i, z)| Endpoint { address: format!("10.0.0.{}:80", i + 1), zone: Some((*z).into()), identity: None })
             .collect()
     }
 
@@ -207,8 +211,8 @@ mod carry_over_tests {
 
     #[test]
     fn keeps_the_state_of_endpoints_that_stay() {
-        let a = Endpoint { address: "10.0.0.1:80".into(), zone: None };
-        let b = Endpoint { address: "db.example.com:5432".into(), zone: None };
+        let a = Endpoint { address: "10.0.0.1:80".into(), zone: None, identity: None };
+        let b = Endpoint { address: "db.example.com:5432".into(), zone: None, identity: None };
         let first = Balancer::new(std::slice::from_ref(&a), None);
         first.endpoints()[0].active.store(4, Ordering::Relaxed);
         let second = Balancer::carry_over(&[a, b], None, Some(&first));

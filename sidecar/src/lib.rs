@@ -19,10 +19,12 @@
 
 pub mod admin;
 pub mod balance;
+pub mod certs;
 pub mod listeners;
 pub mod proxy;
 pub mod pump;
 pub mod source;
 pub mod task;
+pub mod tls;
 pub mod wake;
 pub use loopmesh_shared::view;

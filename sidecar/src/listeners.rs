@@ -66,6 +66,8 @@ pub struct Listeners {
     /// VIP listeners of the current view that are not bound (for `/ready`).
     pub unbound: AtomicU64,
     pub view_changes: AtomicU64,
+    /// The mesh's mTLS, which every route consults per connection.
+    pub mtls: Arc<crate::tls::Mtls>,
 }
 
 /// A listening socket on exactly `addr`, never a wildcard. `TCP_NODELAY`
@@ -108,6 +110,7 @@ impl Listeners {
             bind_errors: AtomicU64::new(0),
             unbound: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
+            mtls: Arc::default(),
         }
     }
 
@@ -118,8 +121,9 @@ impl Listeners {
         for spec in specs {
             let listener = bind(spec.listen)
                 .map_err(|e| format!("inbound {} of {}: cannot listen: {e}", spec.listen, spec.service))?;
-            let endpoint = Endpoint { address: spec.forward.to_string(), zone: None };
-            let route = Arc::new(Route::new(spec.service.clone(), spec.listen, Balancer::new(&[endpoint], None)));
+            let endpoint = Endpoint { address: spec.forward.to_string(), zone: None, identity: None };
+            let route = Route::new(spec.service.clone(), spec.listen, Balancer::new(&[endpoint], None));
+            let route = Arc::new(route.with_mtls(self.mtls.clone(), true));
             tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
             tracing::info!(service = %spec.service, listen = %spec.listen, forward = %spec.forward, "inbound listening");
             inbounds.push((spec.clone(), route));
@@ -175,7 +179,7 @@ impl Listeners {
                         .endpoints()
                         .iter()
                         .zip(&outbound.endpoints)
-                        .all(|(s, e)| s.address == e.address && s.zone == e.zone);
+                        .all(|(s, e)| s.address == e.address && s.zone == e.zone && s.identity == e.identity);
                 if !same {
                     let zone = self.zone.clone();
                     route.balancer.store(Arc::new(Balancer::carry_over(&outbound.endpoints, zone, Some(&current))));
@@ -187,7 +191,8 @@ impl Listeners {
             match bind(listen) {
                 Ok(listener) => {
                     let balancer = Balancer::new(&outbound.endpoints, self.zone.clone());
-                    let route = Arc::new(Route::new(outbound.service.clone(), listen, balancer));
+                    let route = Route::new(outbound.service.clone(), listen, balancer);
+                    let route = Arc::new(route.with_mtls(self.mtls.clone(), false));
                     tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
                     routes.insert(*key, route);
                     applied.added += 1;

@@ -107,6 +107,10 @@ struct RunArgs {
     /// for a task with one vCPU or less.
     #[arg(long, env = "LOOPMESH_SIDECAR_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// The issuer function (name or ARN) that signs this sidecar's
+    /// certificate when its mesh enables mTLS.
+    #[arg(long, env = "LOOPMESH_ISSUER_FUNCTION")]
+    issuer: Option<String>,
     /// For a control-plane server; loopmesh has none.
     #[arg(long, hide = true)]
     cp_address: Option<String>,
@@ -216,7 +220,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     // A Dataplane with explicit outbounds (the pre-2.11 form) needs the view
     // for their endpoints, with or without --bind-outbounds.
-    let needs_view = args.bind_outbounds || !explicit.is_empty();
+    // So does a sidecar that may have to serve its inbounds with mTLS.
+    let needs_view = args.bind_outbounds || !explicit.is_empty() || (args.issuer.is_some() && !inbounds.is_empty());
+    let services: Vec<String> = {
+        let mut s: Vec<String> = inbounds.iter().map(|i| i.service.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
     let zone = args.zone.clone().or_else(|| vars.get("zone").cloned()).or(meta.zone);
     let source = match (needs_view, &args.view_file, mesh) {
         (false, _, _) => None,
@@ -267,6 +278,30 @@ async fn run(args: RunArgs) -> Result<(), String> {
             };
         }
     }
+    let issuer = match &args.issuer {
+        Some(function) => {
+            let sdk = loopmesh_shared::aws::sdk_config().await;
+            let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".to_owned());
+            let credentials = sdk.credentials_provider().ok_or("--issuer needs AWS credentials (the task role)")?;
+            let table = Settings::from_env().map_err(|e| e.to_string())?.table_name;
+            Some(loopmesh_sidecar::certs::IssuerClient {
+                lambda: aws_sdk_lambda::Client::new(&sdk),
+                function: function.clone(),
+                credentials,
+                sts_endpoint: loopmesh_shared::mtls::proof::sts_endpoint(&region, |k| std::env::var(k).ok()),
+                region,
+                issuer_id: table,
+            })
+        }
+        None => None,
+    };
+    let keeper = tokio::spawn(loopmesh_sidecar::certs::keep(
+        issuer,
+        services,
+        listeners.clone(),
+        listeners.mtls.clone(),
+        stop.clone(),
+    ));
     let refresher = match source {
         Some(source) => tokio::spawn(refresh(source, listeners.clone(), status, cadence, stop.clone())),
         None => {
@@ -282,6 +317,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     tracing::info!(open, drain_timeout_s = args.drain_timeout.as_secs_f64(), "SIGTERM: draining");
     stop.cancel();
     let _ = refresher.await;
+    let _ = keeper.await;
     let cut = listeners.shutdown().await;
     admin_stop.cancel();
     tracing::info!(cut, "drained; exiting");

@@ -15,6 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::{Balancer, EndpointState, Target};
 use crate::pump::{Activity, Flow, carry};
+use crate::tls::{Active, Mtls, MtlsStats};
+use loopmesh_shared::model::MtlsMode;
 
 /// Connect attempts per connection, each on another endpoint.
 pub const CONNECT_ATTEMPTS: usize = 3;
@@ -64,6 +66,10 @@ pub struct Route {
     pub stop: CancellationToken,
     /// Ends the connections still open (a drain that ran out of time).
     pub kill: CancellationToken,
+    /// The mesh's mTLS, shared by every listener.
+    pub mtls: Option<Arc<Mtls>>,
+    /// An inbound: peers connect here (mTLS is accepted, not originated).
+    pub inbound: bool,
 }
 
 impl Route {
@@ -75,6 +81,99 @@ impl Route {
             stats: Stats::default(),
             stop: CancellationToken::new(),
             kill: CancellationToken::new(),
+            mtls: None,
+            inbound: false,
+        }
+    }
+
+    /// The route under the mesh's mTLS: originating it (`inbound: false`) or accepting it.
+    pub fn with_mtls(mut self, mtls: Arc<Mtls>, inbound: bool) -> Self {
+        self.mtls = Some(mtls);
+        self.inbound = inbound;
+        self
+    }
+}
+
+/// One side of a connection.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+/// How long a peer may take to send its first byte or finish a handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// PERMISSIVE: a peer silent this long speaks a server-first protocol in plain text.
+const PERMISSIVE_PEEK: Duration = Duration::from_secs(1);
+
+/// An inbound connection under mTLS: the client's handshake, or plain text
+/// when the mode allows it. `None`: refused (counted, logged at debug).
+async fn accept_inbound(client: TcpStream, active: &Active, stats: &MtlsStats, listen: SocketAddr) -> Option<Stream> {
+    let permissive = active.mode == MtlsMode::Permissive;
+    let mut first = [0u8; 1];
+    let wait = if permissive { PERMISSIVE_PEEK } else { HANDSHAKE_TIMEOUT };
+    let tls = match tokio::time::timeout(wait, client.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        Ok(_) => return None,
+        Err(_) => false,
+    };
+    if !tls {
+        if permissive {
+            MtlsStats::count(&stats.plain_accepted);
+            return Some(Stream::Plain(client));
+        }
+        MtlsStats::count(&stats.plain_refused);
+        tracing::debug!(%listen, "plain-text connection refused: the mesh's mTLS is STRICT");
+        return None;
+    }
+    let Some(server) = active.server() else {
+        MtlsStats::count(&stats.no_certificate);
+        return None;
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(server).accept(client)).await {
+        Ok(Ok(stream)) => match active.peer_service(stream.get_ref().1.peer_certificates()) {
+            Some(_) => {
+                MtlsStats::count(&stats.inbound_handshakes);
+                Some(Stream::Tls(Box::new(stream.into())))
+            }
+            None => {
+                MtlsStats::count(&stats.inbound_refused);
+                tracing::debug!(%listen, mesh = %active.mesh, "client certificate names no service of this mesh");
+                None
+            }
+        },
+        Ok(Err(e)) => {
+            MtlsStats::count(&stats.inbound_refused);
+            tracing::debug!(%listen, error = %e, "inbound mTLS handshake refused");
+            None
+        }
+        Err(_) => {
+            MtlsStats::count(&stats.inbound_refused);
+            None
+        }
+    }
+}
+
+/// An outbound connection to a mesh endpoint under mTLS: the handshake
+/// that proves the peer is `service`.
+async fn originate(upstream: TcpStream, active: &Active, stats: &MtlsStats, service: &str) -> Result<Stream, String> {
+    let Some(config) = active.client(service) else {
+        MtlsStats::count(&stats.no_certificate);
+        return Err("no certificate yet".to_owned());
+    };
+    let peer = upstream.peer_addr().map_err(|e| e.to_string())?;
+    let connect = tokio_rustls::TlsConnector::from(config).connect(crate::tls::server_name(peer), upstream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => {
+            MtlsStats::count(&stats.outbound_handshakes);
+            Ok(Stream::Tls(Box::new(stream.into())))
+        }
+        Ok(Err(e)) => {
+            MtlsStats::count(&stats.outbound_refused);
+            Err(format!("mTLS to {peer}: {e}"))
+        }
+        Err(_) => {
+            MtlsStats::count(&stats.outbound_refused);
+            Err(format!("mTLS to {peer}: no handshake in {HANDSHAKE_TIMEOUT:?}"))
         }
     }
 }
@@ -125,6 +224,15 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
     // On Linux the socket has it from the listener already.
     #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
+    let peer = settings.access_log.then(|| client.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+    let active = route.mtls.as_ref().and_then(|m| m.active().map(|a| (m, a)));
+    let client = match &active {
+        Some((m, a)) if route.inbound => match accept_inbound(client, a, &m.stats, route.listen).await {
+            Some(s) => s,
+            None => return,
+        },
+        _ => Stream::Plain(client),
+    };
     let balancer = route.balancer.load_full();
     let stats = &route.stats;
     // On the stack: no allocation per connection for the retry bookkeeping.
@@ -163,6 +271,16 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
     };
     drop(balancer);
     let _ = upstream.set_nodelay(true);
+    let upstream = match (&active, endpoint.identity.as_deref()) {
+        (Some((m, a)), Some(service)) if !route.inbound => match originate(upstream, a, &m.stats, service).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(service = %route.service, endpoint = %endpoint.address, error = %e, "connection closed: no mTLS to the peer");
+                return;
+            }
+        },
+        _ => Stream::Plain(upstream),
+    };
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let activity = Activity::new();
@@ -179,7 +297,7 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
     };
     let outcome = tokio::select! {
         biased;
-        r = carry(&client, &upstream, &flow) => r.err().map(|e| e.to_string()),
+        r = carry_any(client, upstream, &flow) => r.err().map(|e| e.to_string()),
         () = idle => {
             stats.idle_closed.fetch_add(1, Ordering::Relaxed);
             Some("idle timeout".to_owned())
@@ -195,13 +313,23 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
             target: "access",
             service = %route.service,
             listen = %route.listen,
-            client = %client.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            client = %peer.unwrap_or_default(),
             endpoint = %endpoint.address,
             sent,
             received,
             duration_ms = started.elapsed().as_millis() as u64,
             end = outcome.as_deref().unwrap_or("closed"),
         );
+    }
+}
+
+/// Splices when both sides are plain TCP; copies through user space otherwise.
+async fn carry_any(client: Stream, upstream: Stream, flow: &Flow<'_>) -> std::io::Result<()> {
+    match (client, upstream) {
+        (Stream::Plain(c), Stream::Plain(u)) => carry(&c, &u, flow).await,
+        (Stream::Plain(c), Stream::Tls(u)) => crate::pump::carry_streams(c, u, flow).await,
+        (Stream::Tls(c), Stream::Plain(u)) => crate::pump::carry_streams(c, u, flow).await,
+        (Stream::Tls(c), Stream::Tls(u)) => crate::pump::carry_streams(c, u, flow).await,
     }
 }
 

@@ -96,6 +96,45 @@ pub async fn carry(client: &TcpStream, upstream: &TcpStream, flow: &Flow<'_>) ->
     Ok(())
 }
 
+/// Carries bytes both ways between two streams of any kind (a TLS side
+/// cannot be spliced: its bytes are decrypted in user space), counting and
+/// touching activity as [`carry`] does.
+pub async fn carry_streams<A, B>(a: A, b: B, flow: &Flow<'_>) -> io::Result<()>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    tokio::try_join!(
+        copy_counted(&mut a_read, &mut b_write, flow.sent, flow.activity),
+        copy_counted(&mut b_read, &mut a_write, flow.received, flow.activity),
+    )?;
+    Ok(())
+}
+
+async fn copy_counted<R, W>(from: &mut R, to: &mut W, carried: &AtomicU64, activity: &Activity) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A TLS record holds at most 16 KiB of plain text.
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            // Half-close the other side, as TCP does (a TLS side sends close_notify).
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buffer[..n]).await?;
+        to.flush().await?;
+        carried.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod splice {
     use std::cell::RefCell;

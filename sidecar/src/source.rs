@@ -21,9 +21,11 @@ use std::time::{Duration, SystemTime};
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use loopmesh_shared::model::Mesh;
+use loopmesh_shared::mtls::issuer::StoredRoot;
 use loopmesh_shared::store::dynamo::{DynamoMeshView, MeshItem};
-use loopmesh_shared::store::keys::CHANGE_RETENTION_S;
-use loopmesh_shared::view::{EndpointEntry, ServiceEntry};
+use loopmesh_shared::store::keys::{self, CHANGE_RETENTION_S};
+use loopmesh_shared::view::{EndpointEntry, MeshMtls, ServiceEntry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum Source {
     File(PathBuf),
-    Table { reader: DynamoMeshView, mesh: String, vip_port: u16, replica: Option<Replica> },
+    Table { reader: DynamoMeshView, mesh: String, vip_port: u16, replica: Option<Box<Replica>> },
 }
 
 impl Source {
@@ -51,7 +53,7 @@ impl Source {
     /// Keeps the replica a view was built from, once that view is applied.
     fn keep(&mut self, next: Option<Box<Replica>>) {
         if let (Some(next), Self::Table { replica, .. }) = (next, self) {
-            *replica = Some(*next);
+            *replica = Some(next);
         }
     }
 }
@@ -66,8 +68,12 @@ pub const OVERLAP_MS: u64 = 15_000;
 /// The mesh as this sidecar holds it, kept current by change items.
 #[derive(Debug, Clone, Default)]
 pub struct Replica {
+    mesh: String,
     services: BTreeMap<String, ServiceEntry>,
     endpoints: BTreeMap<String, EndpointEntry>,
+    /// The mesh's Mesh resource (mTLS settings) and its backends' roots.
+    resource: Option<Mesh>,
+    roots: BTreeMap<String, StoredRoot>,
     generation: u64,
     port: u16,
     /// The newest change item applied (its writer's clock, epoch ms).
@@ -109,9 +115,13 @@ impl Replica {
         let started = epoch_ms();
         let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
         let (services, endpoints) = reader.read_keyed(mesh).await.map_err(|e| e.to_string())?;
+        let (resource, roots) = reader.security(mesh).await.map_err(|e| e.to_string())?;
         Ok(Self {
+            mesh: mesh.to_owned(),
             services: services.into_iter().collect(),
             endpoints: endpoints.into_iter().collect(),
+            resource: resource.map(|(_, m)| m),
+            roots: roots.into_iter().collect(),
             generation,
             port: follow_table_port(table_port, env_port),
             cursor_ms: started.saturating_sub(OVERLAP_MS),
@@ -144,7 +154,15 @@ impl Replica {
         for (sk, item) in items {
             next.services.remove(&sk);
             next.endpoints.remove(&sk);
+            next.roots.remove(&sk);
+            if sk == keys::mesh_resource_sk(mesh) {
+                next.resource = None;
+            }
             match item {
+                Some(MeshItem::Mesh(m)) => next.resource = Some(*m),
+                Some(MeshItem::Root(r)) => {
+                    next.roots.insert(sk, r);
+                }
                 Some(MeshItem::Service(s)) => {
                     next.services.insert(sk, s);
                 }
@@ -173,7 +191,23 @@ impl Replica {
     fn view(&self) -> View {
         let services: Vec<ServiceEntry> = self.services.values().cloned().collect();
         let endpoints: Vec<EndpointEntry> = self.endpoints.values().cloned().collect();
-        build(self.generation, &services, &endpoints, self.port)
+        let mut view = build(self.generation, &services, &endpoints, self.port);
+        view.mtls = self.resource.as_ref().and_then(|m| m.mtls.as_ref()).map(|mtls| {
+            let enabled = mtls.enabled();
+            MeshMtls {
+                mesh: self.mesh.clone(),
+                backend: enabled.name.clone(),
+                mode: enabled.mode,
+                // Only the roots of backends the Mesh still lists are trusted.
+                trust_bundle: self
+                    .roots
+                    .values()
+                    .filter(|r| mtls.backends.iter().any(|b| b.name == r.backend))
+                    .map(|r| r.certificate.clone())
+                    .collect(),
+            }
+        });
+        view
     }
 }
 

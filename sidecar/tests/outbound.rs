@@ -48,13 +48,13 @@ fn outbound(service: &str, at: SocketAddr, endpoints: &[(SocketAddr, Option<&str
         port: at.port(),
         endpoints: endpoints
             .iter()
-            .map(|(a, z)| Endpoint { address: a.to_string(), zone: z.map(str::to_owned) })
+            .map(|(a, z)| Endpoint { address: a.to_string(), zone: z.map(str::to_owned), identity: None })
             .collect(),
     }
 }
 
 fn view(outbounds: Vec<Outbound>) -> View {
-    View { generation: 1, outbounds }
+    View { generation: 1, outbounds, mtls: None }
 }
 
 fn listeners(zone: Option<&str>, drain: Duration) -> Arc<Listeners> {
@@ -207,7 +207,7 @@ async fn a_view_that_fails_validation_is_rejected_whole() {
     let l = listeners(None, Duration::from_secs(1));
     l.apply(view(vec![outbound("svc", at, &[(e, None)])])).unwrap();
     let mut bad = view(vec![outbound("svc", at, &[(e, None)]), outbound("other", vip(11), &[])]);
-    bad.outbounds[1].endpoints.push(Endpoint { address: "no-port".into(), zone: None });
+    bad.outbounds[1].endpoints.push(Endpoint { address: "no-port".into(), zone: None, identity: None });
     assert!(l.apply(bad).unwrap_err().contains("endpoints[0].address"));
     assert_eq!(l.outbounds().len(), 1);
     assert_eq!(round_trip(at, b"still").await, b"still");
@@ -231,7 +231,7 @@ async fn a_mesh_external_service_name_is_resolved_at_connect_time() {
     let at = vip(13);
     let l = listeners(None, Duration::from_secs(1));
     let mut o = outbound("httpbin", at, &[]);
-    o.endpoints.push(Endpoint { address: format!("localhost:{}", e.port()), zone: None });
+    o.endpoints.push(Endpoint { address: format!("localhost:{}", e.port()), zone: None, identity: None });
     l.apply(view(vec![o])).unwrap();
     assert_eq!(round_trip(at, b"GET").await, b"GET");
     assert_eq!(count.load(Ordering::Relaxed), 1);

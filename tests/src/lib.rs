@@ -128,6 +128,7 @@ pub mod dns;
 pub mod dynamo_proxy;
 pub mod ecs;
 pub mod fault_proxy;
+pub mod mtls;
 pub mod process;
 pub mod route53_proxy;
 
@@ -182,7 +183,7 @@ pub fn mesh_resource_item(
 
 /// An HTTP server of the harness; it stops when dropped.
 #[derive(Debug)]
-pub(crate) struct Server(tokio::task::JoinHandle<()>);
+pub struct Server(tokio::task::JoinHandle<()>);
 
 impl Drop for Server {
     fn drop(&mut self) {

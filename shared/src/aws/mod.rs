@@ -3,8 +3,11 @@
 
 pub mod ecs;
 pub mod iam;
+pub mod kms;
 pub mod route53;
+pub mod secrets;
 pub mod sqs;
+pub mod sts;
 
 use std::time::Duration;
 
@@ -68,4 +71,28 @@ where
         _ => (StoreErrorKind::Rejected, DisplayErrorContext(&err).to_string()),
     };
     StoreError::new(kind, format!("{operation} on {target}: {detail}"))
+}
+
+/// An HTTPS (and, for a local emulator, HTTP) client with the system's
+/// roots, for the calls the SDK does not make: a pre-signed request sent
+/// as it was signed.
+pub fn https_client<B>() -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        B,
+    >,
+    StoreError,
+>
+where
+    B: hyper::body::Body + Send,
+    B::Data: Send,
+{
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)
+        .map_err(|e| StoreError::new(StoreErrorKind::Rejected, format!("TLS roots: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
 }

@@ -18,7 +18,7 @@ mod validation;
 pub use dataplane::{Dataplane, DataplaneVars, Inbound, MAX_INBOUNDS, StaticOutbound, render_dataplane};
 pub use document::{DocumentError, Resource, ResourceKind, parse_documents, parse_documents_with_text, parse_one};
 pub use hostname_generator::{HostnameGenerator, HostnameTarget, NamedZone};
-pub use mesh::{Mesh, MeshServicesMode};
+pub use mesh::{CaBackend, CaKind, Mesh, MeshServicesMode, Mtls, MtlsMode};
 pub use services::{
     DISPLAY_NAME_LABEL, ExternalEndpoint, MeshExternalService, MeshMultiZoneService, MeshService, ServicePort,
     display_name,

@@ -101,6 +101,25 @@ pub fn resource_sk(kind: &str, name: &str) -> String {
     format!("RES#{kind}#{name}")
 }
 
+/// A mesh backend's root certificate, in the mesh's partition so sidecars
+/// read it with the view.
+pub fn root_sk(backend: &str) -> String {
+    format!("{ROOT_PREFIX}{backend}")
+}
+
+pub const ROOT_PREFIX: &str = "CA#";
+
+/// The sort key of a mesh's Mesh resource, which sidecars read for its mTLS settings.
+pub fn mesh_resource_sk(mesh: &str) -> String {
+    resource_sk("Mesh", mesh)
+}
+
+/// A used identity proof (by its signature), kept until it could no longer
+/// be fresh, so it is never accepted twice.
+pub fn proof_pk(signature: &str) -> String {
+    format!("PROOF#{signature}")
+}
+
 /// Attribute names, in one place so adapters and docs agree.
 pub mod attr {
     pub const VIP: &str = "vip";
@@ -162,4 +181,7 @@ pub mod attr {
     /// On an owned-record item: the records an unfinished change may have
     /// left at the name (a list of `{value, ttl}`); absent once settled.
     pub const INTENT: &str = "intent";
+    /// A root's certificate, PEM.
+    pub const CERTIFICATE: &str = "certificate";
+    pub const BACKEND: &str = "backend";
 }

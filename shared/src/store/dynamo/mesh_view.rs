@@ -16,6 +16,8 @@ use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 
 use super::{Item, ReadUsage, key, num, query_counted, s, sdk_error, service_entry, text};
 use crate::error::StoreError;
+use crate::model::Mesh;
+use crate::mtls::issuer::StoredRoot;
 use crate::store::keys::{self, attr};
 use crate::view::{EndpointEntry, ServiceEntry};
 
@@ -78,6 +80,34 @@ impl DynamoMeshView {
             .map(|item| Ok((keyed(item), service_entry(mesh, item)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((services, self.endpoints(mesh).await?))
+    }
+
+    /// The mesh's Mesh resource and its backends' roots, each with its sort
+    /// key: one GetItem and one Query, both small.
+    #[allow(clippy::type_complexity)]
+    pub async fn security(
+        &self,
+        mesh: &str,
+    ) -> Result<(Option<(String, Mesh)>, Vec<(String, StoredRoot)>), StoreError> {
+        let sk = keys::mesh_resource_sk(mesh);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::mesh_pk(mesh), sk.clone())))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", &self.table, e))?;
+        self.usage.add(out.consumed_capacity());
+        let resource = out.item().map(|i| super::ca::mesh_from_item(mesh, i)).transpose()?.map(|m| (sk, m));
+        let roots =
+            query_counted(&self.client, &self.table, &keys::mesh_pk(mesh), keys::ROOT_PREFIX, None, Some(&self.usage))
+                .await?
+                .iter()
+                .filter_map(|item| Some((text(item, keys::SK)?.to_owned(), super::ca::root_from_item(item)?)))
+                .collect();
+        Ok((resource, roots))
     }
 
     /// The mesh's endpoints, each with its sort key: one Query.
@@ -187,6 +217,10 @@ pub struct ChangeItem {
 pub enum MeshItem {
     Service(ServiceEntry),
     Endpoint(EndpointEntry),
+    /// The mesh's Mesh resource (its mTLS settings).
+    Mesh(Box<Mesh>),
+    /// A backend's root certificate.
+    Root(StoredRoot),
 }
 
 fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
@@ -195,6 +229,10 @@ fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
         Ok(Some(MeshItem::Service(service_entry(mesh, item)?)))
     } else if sk.starts_with("EP#") {
         Ok(Some(MeshItem::Endpoint(endpoint_entry(mesh, item)?)))
+    } else if sk == keys::mesh_resource_sk(mesh) {
+        Ok(Some(MeshItem::Mesh(Box::new(super::ca::mesh_from_item(mesh, item)?))))
+    } else if sk.starts_with(keys::ROOT_PREFIX) {
+        Ok(super::ca::root_from_item(item).map(MeshItem::Root))
     } else {
         Ok(None)
     }

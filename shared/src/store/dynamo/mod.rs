@@ -1,5 +1,6 @@
 //! DynamoDB adapters: thin translations between table items and domain types.
 
+mod ca;
 mod dns_store;
 mod mesh_view;
 mod registry;
@@ -13,6 +14,7 @@ use aws_sdk_dynamodb::types::{
     StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 
+pub use ca::DynamoCaStore;
 pub use dns_store::DynamoDnsStore;
 pub use mesh_view::{ChangeItem, DynamoMeshView, MeshItem};
 

@@ -224,8 +224,12 @@ impl DynamoResources {
             items.push(self.declare(d, vip, now)?);
         }
         if let Some(m) = mesh {
-            let changed: Vec<String> =
+            let mut changed: Vec<String> =
                 declared.map(|(d, _)| keys::service_sk(d.key.kind, &d.key.name)).into_iter().collect();
+            // Sidecars read their mesh's Mesh for its mTLS settings.
+            if kind == ResourceKind::Mesh {
+                changed.push(keys::mesh_resource_sk(name));
+            }
             items.extend(view_changed(&self.table, m, &changed, now, None)?);
         }
         items.push(bump_dns(&self.table, mesh, now)?);
@@ -311,7 +315,10 @@ impl DynamoResources {
             items.push(TransactWriteItem::builder().update(u).build());
         }
         if let Some(m) = mesh {
-            let changed: Vec<String> = declared.map(|k| keys::service_sk(k.kind, &k.name)).into_iter().collect();
+            let mut changed: Vec<String> = declared.map(|k| keys::service_sk(k.kind, &k.name)).into_iter().collect();
+            if kind == ResourceKind::Mesh {
+                changed.push(keys::mesh_resource_sk(name));
+            }
             items.extend(view_changed(&self.table, m, &changed, now, None)?);
         }
         items.push(bump_dns(&self.table, mesh, now)?);

@@ -1,0 +1,206 @@
+//! The sidecar's certificate: asked of the issuer function with a signed
+//! identity proof (see `loopmesh_shared::mtls::proof`), renewed at two
+//! thirds of its life or when the mesh enables another backend, and
+//! installed with the mesh's roots into [`Mtls`] without touching open
+//! connections (each keeps the configuration it started with).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::ProvideCredentials;
+use loopmesh_shared::mtls::proof::SigningKeys;
+use loopmesh_shared::mtls::{IssueRequest, Issued, inspect, pem_certificates, renew_at};
+use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+
+use crate::listeners::Listeners;
+use crate::tls::{Identity, Mtls, MtlsStats};
+
+/// How the sidecar reaches the issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerClient {
+    pub lambda: aws_sdk_lambda::Client,
+    /// The issuer function's name or ARN.
+    pub function: String,
+    pub credentials: aws_credential_types::provider::SharedCredentialsProvider,
+    pub region: String,
+    pub sts_endpoint: String,
+    /// What proofs are bound to: the stack's table name.
+    pub issuer_id: String,
+}
+
+/// Why no certificate came back.
+#[derive(Debug)]
+pub enum IssueFailure {
+    /// The issuer refused (the role's tags, the mesh): asking again soon will not help.
+    Refused(String),
+    Failed(String),
+}
+
+impl IssuerClient {
+    pub async fn issue(&self, mesh: &str, services: &[String], public_key: &[u8]) -> Result<Issued, IssueFailure> {
+        let failed = |m: String| IssueFailure::Failed(m);
+        let creds =
+            self.credentials.provide_credentials().await.map_err(|e| failed(format!("task credentials: {e}")))?;
+        let keys = SigningKeys {
+            access_key_id: creds.access_key_id().to_owned(),
+            secret_access_key: creds.secret_access_key().to_owned(),
+            session_token: creds.session_token().map(str::to_owned),
+        };
+        let signer = loopmesh_shared::mtls::proof::Signer {
+            keys: &keys,
+            region: &self.region,
+            endpoint: &self.sts_endpoint,
+            issuer: &self.issuer_id,
+        };
+        let request = IssueRequest::signed(mesh, services, public_key, &signer, SystemTime::now()).map_err(failed)?;
+        let payload = serde_json::to_vec(&request).map_err(|e| failed(e.to_string()))?;
+        let out = self
+            .lambda
+            .invoke()
+            .function_name(&self.function)
+            .payload(aws_sdk_lambda::primitives::Blob::new(payload))
+            .send()
+            .await
+            .map_err(|e| failed(format!("invoke {}: {}", self.function, aws_smithy_error(&e))))?;
+        let body = out.payload().map(|b| b.as_ref().to_vec()).unwrap_or_default();
+        if let Some(kind) = out.function_error() {
+            return Err(failed(format!("the issuer failed ({kind}): {}", String::from_utf8_lossy(&body))));
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| failed(format!("the issuer's answer: {e}")))?;
+        if let Some(why) = answer.get("refused").and_then(|r| r.as_str()) {
+            return Err(IssueFailure::Refused(why.to_owned()));
+        }
+        serde_json::from_value(answer.get("issued").cloned().unwrap_or_default())
+            .map_err(|e| failed(format!("the issuer's answer: {e}")))
+    }
+}
+
+fn aws_smithy_error(e: &impl std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A certificate held, with what it was issued for.
+struct Held {
+    identity: Identity,
+    backend: String,
+    trust_bundle: Vec<String>,
+    renew_at: SystemTime,
+    not_after: SystemTime,
+}
+
+/// What was last installed: mesh, mode, trusted roots (PEM) and the key held.
+type Installed = (String, String, Vec<String>, Option<Vec<u8>>);
+
+/// Keeps `mtls` in line with the view's mesh settings until `stop`: gets
+/// and renews the certificate, installs it with the roots.
+pub async fn keep(
+    client: Option<IssuerClient>,
+    services: Vec<String>,
+    listeners: Arc<Listeners>,
+    mtls: Arc<Mtls>,
+    stop: CancellationToken,
+) {
+    let mut held: Option<Held> = None;
+    let mut installed: Option<Installed> = None;
+    let mut next_try = tokio::time::Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let view = listeners.view();
+        match &view.mtls {
+            None => {
+                if installed.take().is_some() {
+                    tracing::info!("the mesh no longer enables mTLS");
+                }
+                mtls.disable();
+            }
+            Some(want) => {
+                let due = held.as_ref().is_none_or(|h| SystemTime::now() >= h.renew_at || h.backend != want.backend);
+                if due && tokio::time::Instant::now() >= next_try && !services.is_empty() {
+                    match &client {
+                        None => {
+                            tracing::error!(
+                                "the mesh enables mTLS but no --issuer is set: mesh connections are closed"
+                            );
+                            next_try = tokio::time::Instant::now() + Duration::from_secs(3600);
+                        }
+                        Some(c) => match obtain(c, &want.mesh, &services).await {
+                            Ok(h) => {
+                                MtlsStats::count(&mtls.stats.issued);
+                                let not_after = h.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                                mtls.stats.not_after.store(not_after.as_secs(), std::sync::atomic::Ordering::Relaxed);
+                                tracing::info!(backend = %h.backend, services = ?services, not_after_s = not_after.as_secs(), "certificate issued");
+                                held = Some(h);
+                                backoff = Duration::from_secs(1);
+                            }
+                            Err(IssueFailure::Refused(why)) => {
+                                MtlsStats::count(&mtls.stats.issue_failures);
+                                tracing::error!(refused = %why, "the issuer refused this task a certificate");
+                                next_try = tokio::time::Instant::now() + Duration::from_secs(60);
+                            }
+                            Err(IssueFailure::Failed(why)) => {
+                                MtlsStats::count(&mtls.stats.issue_failures);
+                                tracing::warn!(error = %why, retry_s = backoff.as_secs(), "no certificate yet");
+                                next_try = tokio::time::Instant::now() + backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                                backoff = (backoff * 2).min(Duration::from_secs(60));
+                            }
+                        },
+                    }
+                }
+                let mut trust: Vec<String> = want.trust_bundle.clone();
+                if let Some(h) = &held {
+                    trust.extend(h.trust_bundle.iter().filter(|p| !want.trust_bundle.contains(p)).cloned());
+                }
+                trust.sort();
+                let wanted = (
+                    want.mesh.clone(),
+                    format!("{:?}", want.mode),
+                    trust,
+                    held.as_ref().map(|h| h.identity.key_der.clone()),
+                );
+                if installed.as_ref() != Some(&wanted) {
+                    let roots: Vec<Vec<u8>> =
+                        wanted.2.iter().filter_map(|p| pem_certificates(p).ok()).flatten().collect();
+                    match mtls.install(&want.mesh, want.mode, &roots, held.as_ref().map(|h| h.identity.clone())) {
+                        Ok(()) => {
+                            tracing::info!(mesh = %want.mesh, mode = ?want.mode, roots = roots.len(), certificate = held.is_some(), "mTLS settings installed");
+                            installed = Some(wanted);
+                        }
+                        Err(e) => tracing::error!(error = %e, "mTLS settings not installed; the previous ones stay"),
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A new key, and a certificate for it.
+async fn obtain(client: &IssuerClient, mesh: &str, services: &[String]) -> Result<Held, IssueFailure> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| IssueFailure::Failed(format!("a new key: {e}")))?;
+    let issued = client.issue(mesh, services, &rcgen::PublicKeyData::subject_public_key_info(&key)).await?;
+    let bad = |m: String| IssueFailure::Failed(format!("the issued certificate: {m}"));
+    let mut chain = pem_certificates(&issued.certificate).map_err(bad)?;
+    let info = inspect(chain.first().ok_or_else(|| bad("empty".into()))?).map_err(bad)?;
+    chain.extend(pem_certificates(&issued.ca).map_err(bad)?);
+    let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
+    Ok(Held {
+        identity: Identity { chain, key_der: key.serialize_der() },
+        backend: issued.backend,
+        trust_bundle: issued.trust_bundle,
+        renew_at: renew_at(info.not_before + loopmesh_shared::mtls::cert::BACKDATE, info.not_after),
+        not_after: info.not_after,
+    })
+}

@@ -1,0 +1,204 @@
+//! mTLS between two real `loopmesh-sidecar` processes over loopback, with
+//! certificates from the issuer function's code (against moto: STS, IAM,
+//! KMS, DynamoDB) behind the Lambda Invoke API: the bytes between the
+//! sidecars are encrypted, a client without a mesh certificate is refused
+//! in STRICT, and PERMISSIVE takes plain text too.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use loopmesh_shared::identity::{MESH_TAG, SERVICE_TAG, TYPE_TAG};
+use loopmesh_shared::mtls::proof::SigningKeys;
+use loopmesh_shared::registration::Registry;
+use loopmesh_shared::store::dynamo::DynamoRegistry;
+use loopmesh_tests::ecs::one_endpoint;
+use loopmesh_tests::mtls::{apply_mesh, builtin_mesh, issuer, kms_key, serve_issuer, task_role};
+use loopmesh_tests::process::{ChildGuard, admin_get, eventually, free_port, metric, workspace_binary};
+use loopmesh_tests::{dynamo_client, fresh_table};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MESH: &str = "secure";
+const WAIT: Duration = Duration::from_secs(30);
+const SECRET: &[u8] = b"the plaintext nobody between the sidecars may read";
+
+/// The application behind the receiving sidecar: echoes.
+async fn echo_app() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Forwards `listen` to `to` and keeps every byte that passed: what a
+/// capture on the wire between the two sidecars would see.
+async fn tap(listen: &str, to: SocketAddr) -> Arc<Mutex<Vec<u8>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let l = TcpListener::bind(listen).await.unwrap();
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let Ok(mut b) = TcpStream::connect(to).await else { return };
+                let (mut ar, mut aw) = a.split();
+                let (mut br, mut bw) = b.split();
+                let up = async {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = ar.read(&mut buf).await {
+                        kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if bw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = bw.shutdown().await;
+                };
+                let down = async {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = br.read(&mut buf).await {
+                        kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if aw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = aw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    seen
+}
+
+fn dataplane(service: &str, address: &str, app_port: u16) -> String {
+    format!(
+        "type: Dataplane\nmesh: {MESH}\nname: {service}-1\nnetworking:\n  address: {address}\n  inbound:\n  - port: 15000\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: {service}\n"
+    )
+}
+
+/// A sidecar with the task role's credentials, reaching the issuer at `lambda`.
+#[allow(clippy::too_many_arguments)]
+fn sidecar(
+    table: &str,
+    template: &str,
+    keys: &SigningKeys,
+    lambda: &str,
+    admin: SocketAddr,
+    outbounds: bool,
+) -> ChildGuard {
+    let mut cmd = std::process::Command::new(workspace_binary("loopmesh-sidecar"));
+    cmd.args(["run", "--admin-address", &admin.to_string(), "--issuer", "issuer"])
+        .env("KUMA_DATAPLANE_RUNTIME_RESOURCE", template)
+        .env("LOOPMESH_TABLE_NAME", table)
+        .env("LOOPMESH_SIDECAR_REFRESH_INTERVAL", "200ms")
+        .env("LOOPMESH_SIDECAR_WAKE_ADDRESS", "off")
+        .env("AWS_ENDPOINT_URL_LAMBDA", lambda)
+        .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+        .env("AWS_SESSION_TOKEN", keys.session_token.as_deref().unwrap_or_default())
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if outbounds {
+        cmd.arg("--bind-outbounds");
+    }
+    ChildGuard(cmd.spawn().expect("start loopmesh-sidecar"))
+}
+
+fn metric_of(admin: SocketAddr, name: &str) -> f64 {
+    metric(&admin_get(admin, "/metrics").1, name).unwrap_or(0.0)
+}
+
+/// One round trip of `payload`; `None` when the connection was closed first.
+async fn round_trip(at: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(at).await.ok()?;
+    s.write_all(payload).await.ok()?;
+    let mut buf = vec![0u8; payload.len()];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await {
+        Ok(Ok(_)) => Some(buf),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_speak_mtls_strict_refuses_plain_and_permissive_takes_both() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "mtls").await;
+    apply_mesh(&table, &builtin_mesh(MESH, "STRICT")).await;
+    let (lambda, _server) = serve_issuer(issuer(&table, &kms_key().await).await).await;
+    let (_, echo_keys) = task_role(&[(TYPE_TAG, "dataplane"), (MESH_TAG, MESH), (SERVICE_TAG, "echo")]).await;
+    let (_, web_keys) = task_role(&[(TYPE_TAG, "dataplane"), (MESH_TAG, MESH), (SERVICE_TAG, "web")]).await;
+
+    // echo's inbound listens on 127.0.0.41:15000; peers reach it through a
+    // tap on 127.0.0.43:15000, the address the table gives for it.
+    let app = echo_app().await;
+    let inbound: SocketAddr = "127.0.0.41:15000".parse().unwrap();
+    let wire = tap("127.0.0.43:15000", inbound).await;
+    // The service with the VIP task-events would have allocated, then the task's endpoint.
+    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
+    use loopmesh_shared::store::keys;
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", S(keys::mesh_pk(MESH)))
+        .item("sk", S(keys::service_sk(loopmesh_shared::vip::ServiceKind::Service, "echo")))
+        .item("name", S("echo".into()))
+        .item("mesh", S(MESH.into()))
+        .item("vip", S("127.1.0.77".into()))
+        .item("assigned_at", N("1".into()))
+        .send()
+        .await
+        .unwrap();
+    let registered =
+        DynamoRegistry::new(client.clone(), &table).register(&one_endpoint(MESH, "echo", "echo1", "127.0.0.43")).await;
+    assert!(matches!(registered, Ok(loopmesh_shared::registration::WriteOutcome::Applied)), "{registered:?}");
+
+    let echo_admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let web_admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let _echo = sidecar(&table, &dataplane("echo", "127.0.0.41", app), &echo_keys, &lambda, echo_admin, false);
+    let _web = sidecar(&table, &dataplane("web", "127.0.0.42", app), &web_keys, &lambda, web_admin, true);
+    for admin in [echo_admin, web_admin] {
+        eventually("a certificate", WAIT, || metric_of(admin, "loopmesh_mtls_certificate_expiry_seconds") > 0.0).await;
+    }
+    eventually("web's outbound for echo", WAIT, || admin_get(web_admin, "/config").1.contains("127.0.0.43:15000"))
+        .await;
+    let config: serde_json::Value = serde_json::from_str(&admin_get(web_admin, "/config").1).unwrap();
+    let outbound = config["outbounds"].as_array().unwrap().iter().find(|o| o["service"] == "echo").unwrap().clone();
+    let vip: SocketAddr = format!("{}:{}", outbound["vip"].as_str().unwrap(), outbound["port"]).parse().unwrap();
+
+    // Through both sidecars: echoed, and the wire between them never saw the plaintext.
+    assert_eq!(round_trip(vip, SECRET).await.as_deref(), Some(SECRET));
+    let seen = wire.lock().unwrap().clone();
+    assert!(seen.len() > SECRET.len(), "the tap saw the connection");
+    assert!(!seen.windows(SECRET.len()).any(|w| w == SECRET), "plaintext between the sidecars");
+    assert_eq!(seen[0], 0x16, "a TLS handshake opened the connection");
+    assert!(metric_of(web_admin, "loopmesh_mtls_outbound_handshakes_total") >= 1.0);
+    assert!(metric_of(echo_admin, "loopmesh_mtls_inbound_handshakes_total") >= 1.0);
+
+    // STRICT: a client with no certificate gets nothing, and is counted.
+    assert_eq!(round_trip(inbound, b"hello").await, None);
+    assert!(metric_of(echo_admin, "loopmesh_mtls_plain_refused_total") >= 1.0);
+
+    // PERMISSIVE: the same plain client is served; mTLS still works.
+    apply_mesh(&table, &builtin_mesh(MESH, "PERMISSIVE")).await;
+    eventually("PERMISSIVE reaches the sidecar", WAIT, || admin_get(echo_admin, "/config").1.contains("PERMISSIVE"))
+        .await;
+    // The sidecar installs new settings within a second of applying the view.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while round_trip(inbound, b"hello").await.as_deref() != Some(&b"hello"[..]) {
+        assert!(tokio::time::Instant::now() < deadline, "PERMISSIVE never took plain text");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric_of(echo_admin, "loopmesh_mtls_plain_accepted_total") >= 1.0);
+    assert_eq!(round_trip(vip, SECRET).await.as_deref(), Some(SECRET));
+}
