@@ -100,7 +100,10 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
             match_labels: s.match_labels.clone(),
             targets: Vec::new(),
         }),
-        Resource::Dataplane(_) | Resource::Mesh(_) | Resource::HostnameGenerator(_) => None,
+        Resource::Dataplane(_)
+        | Resource::Mesh(_)
+        | Resource::HostnameGenerator(_)
+        | Resource::MeshTrafficPermission(_) => None,
     }
 }
 

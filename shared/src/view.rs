@@ -31,6 +31,9 @@ pub struct MeshMtls {
     pub mode: crate::model::MtlsMode,
     /// Every backend's root known so far, PEM: a peer's certificate must chain to one.
     pub trust_bundle: Vec<String>,
+    /// The mesh's MeshTrafficPermissions, which inbounds enforce.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<crate::model::MeshTrafficPermission>,
 }
 
 /// One listener: a service's VIP and port, and where its connections go.

@@ -292,6 +292,25 @@ impl Admin {
         for (name, kind, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
+        let denials = m.denials();
+        for (name, help, shadow) in [
+            (
+                "loopmesh_mtls_denied_total",
+                "inbound connections denied by MeshTrafficPermission, per source service",
+                false,
+            ),
+            (
+                "loopmesh_mtls_shadow_denied_total",
+                "inbound connections AllowWithShadowDeny let through, per source service",
+                true,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (source, denied, shadowed) in &denials {
+                let value = if shadow { shadowed } else { denied };
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {value}", escape(source));
+            }
+        }
         out
     }
 

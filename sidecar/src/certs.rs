@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
+use loopmesh_shared::model::MeshTrafficPermission;
 use loopmesh_shared::mtls::proof::SigningKeys;
 use loopmesh_shared::mtls::{IssueRequest, Issued, inspect, pem_certificates, renew_at};
 use rustls::pki_types::CertificateDer;
@@ -97,8 +98,9 @@ struct Held {
     not_after: SystemTime,
 }
 
-/// What was last installed: mesh, mode, trusted roots (PEM) and the key held.
-type Installed = (String, String, Vec<String>, Option<Vec<u8>>);
+/// What was last installed: mesh, mode, trusted roots (PEM), the key held
+/// and the permissions.
+type Installed = (String, String, Vec<String>, Option<Vec<u8>>, Vec<MeshTrafficPermission>);
 
 /// Keeps `mtls` in line with the view's mesh settings until `stop`: gets
 /// and renews the certificate, installs it with the roots.
@@ -165,13 +167,22 @@ pub async fn keep(
                     format!("{:?}", want.mode),
                     trust,
                     held.as_ref().map(|h| h.identity.key_der.clone()),
+                    want.permissions.clone(),
                 );
                 if installed.as_ref() != Some(&wanted) {
                     let roots: Vec<Vec<u8>> =
                         wanted.2.iter().filter_map(|p| pem_certificates(p).ok()).flatten().collect();
-                    match mtls.install(&want.mesh, want.mode, &roots, held.as_ref().map(|h| h.identity.clone())) {
+                    let identity = held.as_ref().map(|h| h.identity.clone());
+                    match mtls.install(&want.mesh, want.mode, &roots, identity, want.permissions.clone()) {
                         Ok(()) => {
-                            tracing::info!(mesh = %want.mesh, mode = ?want.mode, roots = roots.len(), certificate = held.is_some(), "mTLS settings installed");
+                            tracing::info!(
+                                mesh = %want.mesh,
+                                mode = ?want.mode,
+                                roots = roots.len(),
+                                certificate = held.is_some(),
+                                permissions = want.permissions.len(),
+                                "mTLS settings installed"
+                            );
                             installed = Some(wanted);
                         }
                         Err(e) => tracing::error!(error = %e, "mTLS settings not installed; the previous ones stay"),

@@ -29,6 +29,10 @@ pub struct InboundSpec {
     pub service: String,
     pub listen: SocketAddr,
     pub forward: SocketAddr,
+    /// The inbound's tags (`kuma.io/service` among them), which
+    /// MeshTrafficPermissions select inbounds by.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: loopmesh_shared::model::Labels,
 }
 
 /// What one applied view changed.
@@ -123,7 +127,9 @@ impl Listeners {
                 .map_err(|e| format!("inbound {} of {}: cannot listen: {e}", spec.listen, spec.service))?;
             let endpoint = Endpoint { address: spec.forward.to_string(), zone: None, identity: None };
             let route = Route::new(spec.service.clone(), spec.listen, Balancer::new(&[endpoint], None));
-            let route = Arc::new(route.with_mtls(self.mtls.clone(), true));
+            let mut tags = spec.tags.clone();
+            tags.entry(loopmesh_shared::model::SERVICE_TAG.to_owned()).or_insert_with(|| spec.service.clone());
+            let route = Arc::new(route.with_mtls(self.mtls.clone(), Some(tags)));
             tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
             tracing::info!(service = %spec.service, listen = %spec.listen, forward = %spec.forward, "inbound listening");
             inbounds.push((spec.clone(), route));
@@ -192,7 +198,7 @@ impl Listeners {
                 Ok(listener) => {
                     let balancer = Balancer::new(&outbound.endpoints, self.zone.clone());
                     let route = Route::new(outbound.service.clone(), listen, balancer);
-                    let route = Arc::new(route.with_mtls(self.mtls.clone(), false));
+                    let route = Arc::new(route.with_mtls(self.mtls.clone(), None));
                     tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
                     routes.insert(*key, route);
                     applied.added += 1;

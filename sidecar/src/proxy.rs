@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::balance::{Balancer, EndpointState, Target};
 use crate::pump::{Activity, Flow, carry};
 use crate::tls::{Active, Mtls, MtlsStats};
-use loopmesh_shared::model::MtlsMode;
+use loopmesh_shared::model::{Labels, MtlsMode};
+use loopmesh_shared::mtls::permission::{Decision, decide};
 
 /// Connect attempts per connection, each on another endpoint.
 pub const CONNECT_ATTEMPTS: usize = 3;
@@ -70,6 +71,8 @@ pub struct Route {
     pub mtls: Option<Arc<Mtls>>,
     /// An inbound: peers connect here (mTLS is accepted, not originated).
     pub inbound: bool,
+    /// An inbound's tags, which MeshTrafficPermissions select it by.
+    pub inbound_tags: Labels,
 }
 
 impl Route {
@@ -83,13 +86,16 @@ impl Route {
             kill: CancellationToken::new(),
             mtls: None,
             inbound: false,
+            inbound_tags: Labels::new(),
         }
     }
 
-    /// The route under the mesh's mTLS: originating it (`inbound: false`) or accepting it.
-    pub fn with_mtls(mut self, mtls: Arc<Mtls>, inbound: bool) -> Self {
+    /// The route under the mesh's mTLS: originating it, or accepting it
+    /// for an inbound with these tags.
+    pub fn with_mtls(mut self, mtls: Arc<Mtls>, inbound: Option<Labels>) -> Self {
         self.mtls = Some(mtls);
-        self.inbound = inbound;
+        self.inbound = inbound.is_some();
+        self.inbound_tags = inbound.unwrap_or_default();
         self
     }
 }
@@ -107,7 +113,8 @@ const PERMISSIVE_PEEK: Duration = Duration::from_secs(1);
 
 /// An inbound connection under mTLS: the client's handshake, or plain text
 /// when the mode allows it. `None`: refused (counted, logged at debug).
-async fn accept_inbound(client: TcpStream, active: &Active, stats: &MtlsStats, listen: SocketAddr) -> Option<Stream> {
+async fn accept_inbound(client: TcpStream, active: &Active, stats: &MtlsStats, route: &Route) -> Option<Stream> {
+    let listen = route.listen;
     let permissive = active.mode == MtlsMode::Permissive;
     let mut first = [0u8; 1];
     let wait = if permissive { PERMISSIVE_PEEK } else { HANDSHAKE_TIMEOUT };
@@ -131,9 +138,25 @@ async fn accept_inbound(client: TcpStream, active: &Active, stats: &MtlsStats, l
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(server).accept(client)).await {
         Ok(Ok(stream)) => match active.peer_service(stream.get_ref().1.peer_certificates()) {
-            Some(_) => {
+            Some(peer) => {
                 MtlsStats::count(&stats.inbound_handshakes);
-                Some(Stream::Tls(Box::new(stream.into())))
+                let decision = decide(active.permissions(), &route.inbound_tags, &peer);
+                match &decision {
+                    Decision::Allow { .. } => {}
+                    Decision::ShadowDeny { policy } => {
+                        stats.denied(&peer, true);
+                        tracing::info!(%listen, service = %route.service, source = %peer, policy, "would be denied (AllowWithShadowDeny): allowed");
+                    }
+                    Decision::Deny { policy } => {
+                        stats.denied(&peer, false);
+                        tracing::warn!(%listen, service = %route.service, source = %peer, policy, "connection denied by MeshTrafficPermission");
+                    }
+                    Decision::NoPolicy => {
+                        stats.denied(&peer, false);
+                        tracing::warn!(%listen, service = %route.service, source = %peer, "connection denied: no MeshTrafficPermission allows it");
+                    }
+                }
+                decision.allows().then(|| Stream::Tls(Box::new(stream.into())))
             }
             None => {
                 MtlsStats::count(&stats.inbound_refused);
@@ -227,7 +250,7 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
     let peer = settings.access_log.then(|| client.peer_addr().map(|a| a.to_string()).unwrap_or_default());
     let active = route.mtls.as_ref().and_then(|m| m.active().map(|a| (m, a)));
     let client = match &active {
-        Some((m, a)) if route.inbound => match accept_inbound(client, a, &m.stats, route.listen).await {
+        Some((m, a)) if route.inbound => match accept_inbound(client, a, &m.stats, route).await {
             Some(s) => s,
             None => return,
         },

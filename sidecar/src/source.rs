@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use loopmesh_shared::model::Mesh;
+use loopmesh_shared::model::{Mesh, MeshTrafficPermission};
 use loopmesh_shared::mtls::issuer::StoredRoot;
 use loopmesh_shared::store::dynamo::{DynamoMeshView, MeshItem};
 use loopmesh_shared::store::keys::{self, CHANGE_RETENTION_S};
@@ -74,6 +74,7 @@ pub struct Replica {
     /// The mesh's Mesh resource (mTLS settings) and its backends' roots.
     resource: Option<Mesh>,
     roots: BTreeMap<String, StoredRoot>,
+    permissions: BTreeMap<String, MeshTrafficPermission>,
     generation: u64,
     port: u16,
     /// The newest change item applied (its writer's clock, epoch ms).
@@ -115,13 +116,14 @@ impl Replica {
         let started = epoch_ms();
         let (generation, table_port) = reader.generation(mesh).await.map_err(|e| e.to_string())?;
         let (services, endpoints) = reader.read_keyed(mesh).await.map_err(|e| e.to_string())?;
-        let (resource, roots) = reader.security(mesh).await.map_err(|e| e.to_string())?;
+        let security = reader.security(mesh).await.map_err(|e| e.to_string())?;
         Ok(Self {
             mesh: mesh.to_owned(),
             services: services.into_iter().collect(),
             endpoints: endpoints.into_iter().collect(),
-            resource: resource.map(|(_, m)| m),
-            roots: roots.into_iter().collect(),
+            resource: security.resource.map(|(_, m)| m),
+            roots: security.roots.into_iter().collect(),
+            permissions: security.permissions.into_iter().collect(),
             generation,
             port: follow_table_port(table_port, env_port),
             cursor_ms: started.saturating_sub(OVERLAP_MS),
@@ -155,6 +157,7 @@ impl Replica {
             next.services.remove(&sk);
             next.endpoints.remove(&sk);
             next.roots.remove(&sk);
+            next.permissions.remove(&sk);
             if sk == keys::mesh_resource_sk(mesh) {
                 next.resource = None;
             }
@@ -162,6 +165,9 @@ impl Replica {
                 Some(MeshItem::Mesh(m)) => next.resource = Some(*m),
                 Some(MeshItem::Root(r)) => {
                     next.roots.insert(sk, r);
+                }
+                Some(MeshItem::Permission(p)) => {
+                    next.permissions.insert(sk, *p);
                 }
                 Some(MeshItem::Service(s)) => {
                     next.services.insert(sk, s);
@@ -205,6 +211,7 @@ impl Replica {
                     .filter(|r| mtls.backends.iter().any(|b| b.name == r.backend))
                     .map(|r| r.certificate.clone())
                     .collect(),
+                permissions: self.permissions.values().cloned().collect(),
             }
         });
         view

@@ -94,6 +94,7 @@ pub fn inbounds(dp: &Dataplane) -> Result<Vec<InboundSpec>, String> {
             service: ib.service().to_owned(),
             listen: SocketAddr::new(address, ib.port),
             forward: SocketAddr::new(ib.service_address, ib.service_port),
+            tags: ib.tags.clone(),
         })
         .collect())
 }

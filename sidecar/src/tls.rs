@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
-use loopmesh_shared::model::MtlsMode;
+use loopmesh_shared::model::{MeshTrafficPermission, MtlsMode};
 use loopmesh_shared::mtls::{inspect, parse_spiffe_id, spiffe_id};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -41,6 +41,39 @@ pub struct MtlsStats {
     pub issue_failures: AtomicU64,
     /// The certificate's expiry, seconds since the epoch (0: none held).
     pub not_after: AtomicU64,
+    /// Connections denied (or shadow-denied) by MeshTrafficPermission, per source service.
+    denials: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+}
+
+/// Sources counted one by one; beyond this many, the rest share one series.
+const MAX_SOURCES: usize = 256;
+
+impl MtlsStats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One denial (or shadow denial) of a connection from `source`.
+    pub fn denied(&self, source: &str, shadow: bool) {
+        let mut d = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = if d.len() >= MAX_SOURCES && !d.contains_key(source) { "_other" } else { source };
+        let entry = d.entry(key.to_owned()).or_default();
+        if shadow {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+    }
+
+    /// (source, denied, shadow-denied) for `/metrics`.
+    pub fn denials(&self) -> Vec<(String, u64, u64)> {
+        self.denials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(s, (d, sh))| (s.clone(), *d, *sh))
+            .collect()
+    }
 }
 
 /// The sidecar's certificate: chain (leaf first) and its PKCS#8 key.
@@ -56,6 +89,7 @@ pub struct Active {
     pub mesh: String,
     pub mode: MtlsMode,
     tls: Option<Configs>,
+    permissions: Vec<MeshTrafficPermission>,
 }
 
 #[derive(Debug)]
@@ -96,6 +130,7 @@ impl Mtls {
         mode: MtlsMode,
         roots: &[Vec<u8>],
         identity: Option<Identity>,
+        permissions: Vec<MeshTrafficPermission>,
     ) -> Result<(), String> {
         let tls = match identity {
             None => None,
@@ -118,7 +153,7 @@ impl Mtls {
                 Some(Configs { server: Arc::new(server), roots, identity, clients: Mutex::default() })
             }
         };
-        self.active.store(Some(Arc::new(Active { mesh: mesh.to_owned(), mode, tls })));
+        self.active.store(Some(Arc::new(Active { mesh: mesh.to_owned(), mode, tls, permissions })));
         Ok(())
     }
 }
@@ -128,6 +163,11 @@ fn key(identity: &Identity) -> PrivateKeyDer<'static> {
 }
 
 impl Active {
+    /// The mesh's MeshTrafficPermissions.
+    pub fn permissions(&self) -> &[MeshTrafficPermission] {
+        &self.permissions
+    }
+
     /// The server side of an inbound handshake; `None` without a certificate.
     pub fn server(&self) -> Option<Arc<ServerConfig>> {
         self.tls.as_ref().map(|c| c.server.clone())
@@ -226,10 +266,4 @@ impl ServerCertVerifier for PeerIs {
 /// SNI is sent for an IP; the resumption cache is per peer).
 pub fn server_name(addr: std::net::SocketAddr) -> ServerName<'static> {
     ServerName::IpAddress(addr.ip().into())
-}
-
-impl MtlsStats {
-    pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }

@@ -218,7 +218,8 @@ async fn an_inbound_forwards_to_the_application() {
     let (app, count, _t) = echo().await;
     let listen = vip(12);
     let l = listeners(None, Duration::from_secs(1));
-    l.start_inbounds(&[InboundSpec { service: "redis".into(), listen, forward: app }]).unwrap();
+    l.start_inbounds(&[InboundSpec { service: "redis".into(), listen, forward: app, tags: Default::default() }])
+        .unwrap();
     assert_eq!(round_trip(listen, b"PING").await, b"PING");
     assert_eq!(count.load(Ordering::Relaxed), 1);
     let (_, r) = &l.inbounds()[0];

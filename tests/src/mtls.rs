@@ -58,18 +58,18 @@ pub async fn session(role_arn: &str) -> SigningKeys {
     }
 }
 
-/// Applies a Mesh document (with `mtls`) to the table as `loopmesh apply` does.
-pub async fn apply_mesh(table: &str, yaml: &str) {
+/// Applies one resource document (a Mesh, a MeshTrafficPermission) as `loopmesh apply` does.
+pub async fn apply_resource(table: &str, yaml: &str) {
     use loopmesh_shared::store::dynamo::{DynamoResources, DynamoVipLedger};
     let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
     let docs = loopmesh_shared::model::parse_documents_with_text(yaml);
-    let (resource, text) = (docs[0].0.as_ref().expect("a valid Mesh"), &docs[0].1);
+    let (resource, text) = (docs[0].0.as_ref().expect("a valid resource"), &docs[0].1);
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs();
     let pools = loopmesh_shared::config::Settings::default().pools;
     DynamoResources::new(client.clone(), table)
         .apply(&DynamoVipLedger::new(client, table), &pools, resource, text, now)
         .await
-        .expect("apply the Mesh");
+        .expect("apply the resource");
 }
 
 /// A Mesh with one builtin backend in `mode`.

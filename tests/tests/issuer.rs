@@ -11,7 +11,7 @@ use loopmesh_shared::mtls::cert::{CaSigner, LocalSigner};
 use loopmesh_shared::mtls::issuer::IssueError;
 use loopmesh_shared::mtls::proof::{Signer, SigningKeys, sts_endpoint};
 use loopmesh_shared::mtls::{IssueRequest, inspect, pem_certificates};
-use loopmesh_tests::mtls::{apply_mesh, builtin_mesh, issuer, kms_key, session, task_role};
+use loopmesh_tests::mtls::{apply_resource, builtin_mesh, issuer, kms_key, session, task_role};
 use loopmesh_tests::{dynamo_client, endpoint, fresh_table, query_prefix};
 
 struct Bed {
@@ -22,7 +22,7 @@ struct Bed {
 async fn bed(mesh: &str) -> Bed {
     let client = dynamo_client().await;
     let table = fresh_table(&client, "issuer").await;
-    apply_mesh(&table, &builtin_mesh(mesh, "STRICT")).await;
+    apply_resource(&table, &builtin_mesh(mesh, "STRICT")).await;
     let service = issuer(&table, &kms_key().await).await;
     Bed { table, service }
 }

@@ -2,7 +2,9 @@
 //! certificates from the issuer function's code (against moto: STS, IAM,
 //! KMS, DynamoDB) behind the Lambda Invoke API: the bytes between the
 //! sidecars are encrypted, a client without a mesh certificate is refused
-//! in STRICT, and PERMISSIVE takes plain text too.
+//! in STRICT (as are expired, other-mesh and other-CA certificates), a
+//! MeshTrafficPermission decides who gets through, and PERMISSIVE takes
+//! plain text too.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
 
@@ -11,13 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use loopmesh_shared::identity::{MESH_TAG, SERVICE_TAG, TYPE_TAG};
+use loopmesh_shared::mtls::cert::{self, CaSigner, LeafRequest, LocalSigner};
 use loopmesh_shared::mtls::proof::SigningKeys;
 use loopmesh_shared::registration::Registry;
+use loopmesh_shared::store::dynamo::DynamoCaStore;
 use loopmesh_shared::store::dynamo::DynamoRegistry;
 use loopmesh_tests::ecs::one_endpoint;
-use loopmesh_tests::mtls::{apply_mesh, builtin_mesh, issuer, kms_key, serve_issuer, task_role};
+use loopmesh_tests::mtls::{apply_resource, builtin_mesh, issuer, kms_key, serve_issuer, task_role};
 use loopmesh_tests::process::{ChildGuard, admin_get, eventually, free_port, metric, workspace_binary};
 use loopmesh_tests::{dynamo_client, fresh_table};
+use rustls::pki_types::CertificateDer;
+use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -130,12 +136,104 @@ async fn round_trip(at: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+fn permission(name: &str, target: &str, from: &str, action: &str) -> String {
+    format!(
+        "type: MeshTrafficPermission\nname: {name}\nmesh: {MESH}\nspec:\n  targetRef: {target}\n  from:\n  - targetRef: {from}\n    default:\n      action: {action}\n"
+    )
+}
+
+/// Accepts any server: these clients test what the receiving sidecar accepts.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client presenting `chain` (none: no certificate); `true` when
+/// its bytes came back echoed.
+async fn tls_round_trip(at: SocketAddr, chain: Option<(Vec<CertificateDer<'static>>, Vec<u8>)>) -> bool {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match chain {
+        Some((chain, key)) => {
+            builder.with_client_auth_cert(chain, rustls::pki_types::PrivateKeyDer::Pkcs8(key.into())).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let Ok(tcp) = TcpStream::connect(at).await else { return false };
+    let name = rustls::pki_types::ServerName::IpAddress(at.ip().into());
+    let Ok(Ok(mut tls)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    else {
+        return false;
+    };
+    if tls.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await, Ok(Ok(_))) && &buf == b"ping"
+}
+
+/// A client certificate for `identity` (a SPIFFE ID) signed by `signer`
+/// under `root`, valid from `not_before` for `lifetime`.
+async fn client_cert(
+    signer: &impl CaSigner,
+    root: &[u8],
+    mesh: &str,
+    service: &str,
+    not_before: SystemTime,
+    lifetime: Duration,
+) -> (Vec<CertificateDer<'static>>, Vec<u8>) {
+    let key = LocalSigner::generate();
+    let services = vec![service.to_owned()];
+    let request = LeafRequest { mesh, services: &services, public_key: key.public_key(), lifetime };
+    let leaf = cert::leaf(signer, root, &request, not_before).await.unwrap();
+    (vec![CertificateDer::from(leaf), CertificateDer::from(root.to_vec())], key.key_der())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_speak_mtls_strict_refuses_plain_and_permissive_takes_both() {
     let client = dynamo_client().await;
     let table = fresh_table(&client, "mtls").await;
-    apply_mesh(&table, &builtin_mesh(MESH, "STRICT")).await;
-    let (lambda, _server) = serve_issuer(issuer(&table, &kms_key().await).await).await;
+    apply_resource(&table, &builtin_mesh(MESH, "STRICT")).await;
+    let key_id = kms_key().await;
+    let (lambda, _server) = serve_issuer(issuer(&table, &key_id).await).await;
     let (_, echo_keys) = task_role(&[(TYPE_TAG, "dataplane"), (MESH_TAG, MESH), (SERVICE_TAG, "echo")]).await;
     let (_, web_keys) = task_role(&[(TYPE_TAG, "dataplane"), (MESH_TAG, MESH), (SERVICE_TAG, "web")]).await;
 
@@ -176,8 +274,20 @@ async fn sidecars_speak_mtls_strict_refuses_plain_and_permissive_takes_both() {
     let outbound = config["outbounds"].as_array().unwrap().iter().find(|o| o["service"] == "echo").unwrap().clone();
     let vip: SocketAddr = format!("{}:{}", outbound["vip"].as_str().unwrap(), outbound["port"]).parse().unwrap();
 
+    // Under mTLS, no MeshTrafficPermission means no traffic (Kuma's default).
+    assert_eq!(round_trip(vip, SECRET).await, None);
+    eventually("the denial counted for web", WAIT, || {
+        metric_of(echo_admin, "loopmesh_mtls_denied_total{source=\"web\"}") >= 1.0
+    })
+    .await;
+    apply_resource(&table, &permission("allow-all", "{kind: Mesh}", "{kind: Mesh}", "Allow")).await;
+
     // Through both sidecars: echoed, and the wire between them never saw the plaintext.
-    assert_eq!(round_trip(vip, SECRET).await.as_deref(), Some(SECRET));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while round_trip(vip, SECRET).await.as_deref() != Some(SECRET) {
+        assert!(tokio::time::Instant::now() < deadline, "allow-all never let web through");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let seen = wire.lock().unwrap().clone();
     assert!(seen.len() > SECRET.len(), "the tap saw the connection");
     assert!(!seen.windows(SECRET.len()).any(|w| w == SECRET), "plaintext between the sidecars");
@@ -189,8 +299,69 @@ async fn sidecars_speak_mtls_strict_refuses_plain_and_permissive_takes_both() {
     assert_eq!(round_trip(inbound, b"hello").await, None);
     assert!(metric_of(echo_admin, "loopmesh_mtls_plain_refused_total") >= 1.0);
 
+    // TLS clients the mesh does not vouch for: no certificate, an expired
+    // one, another mesh's identity, another CA. Each refused and counted.
+    let kms = loopmesh_shared::aws::kms::KmsSigner::load(
+        aws_sdk_kms::Client::new(&loopmesh_tests::sdk_config().await),
+        &key_id,
+    )
+    .await
+    .unwrap();
+    let roots =
+        loopmesh_shared::mtls::issuer::CaStore::roots(&DynamoCaStore::new(client.clone(), &table), MESH).await.unwrap();
+    let root = loopmesh_shared::mtls::pem_certificates(&roots[0].certificate).unwrap().remove(0);
+    let now = SystemTime::now();
+    let good = client_cert(&kms, &root, MESH, "web", now, Duration::from_secs(3600)).await;
+    assert!(tls_round_trip(inbound, Some(good)).await, "a mesh client with a good certificate is served");
+    let before = metric_of(echo_admin, "loopmesh_mtls_inbound_refused_total");
+    assert!(!tls_round_trip(inbound, None).await, "no client certificate");
+    let expired =
+        client_cert(&kms, &root, MESH, "web", now - Duration::from_secs(7200), Duration::from_secs(3600)).await;
+    assert!(!tls_round_trip(inbound, Some(expired)).await, "an expired certificate");
+    let other_mesh = client_cert(&kms, &root, "other", "web", now, Duration::from_secs(3600)).await;
+    assert!(!tls_round_trip(inbound, Some(other_mesh)).await, "another mesh's identity");
+    let rogue = LocalSigner::generate();
+    let rogue_root = cert::root(&rogue, MESH, "ca-1", now, Duration::from_secs(86_400)).await.unwrap();
+    let forged = client_cert(&rogue, &rogue_root, MESH, "web", now, Duration::from_secs(3600)).await;
+    assert!(!tls_round_trip(inbound, Some(forged)).await, "another CA");
+    eventually("four refusals counted", WAIT, || {
+        metric_of(echo_admin, "loopmesh_mtls_inbound_refused_total") >= before + 4.0
+    })
+    .await;
+
+    // A MeshTrafficPermission for echo that denies web wins over allow-all
+    // (a MeshService client selector is more specific than Mesh).
+    apply_resource(
+        &table,
+        &permission("deny-web", "{kind: MeshService, name: echo}", "{kind: MeshService, name: web}", "Deny"),
+    )
+    .await;
+    let denied_before = metric_of(echo_admin, "loopmesh_mtls_denied_total{source=\"web\"}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while round_trip(vip, SECRET).await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "deny-web never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric_of(echo_admin, "loopmesh_mtls_denied_total{source=\"web\"}") > denied_before);
+    apply_resource(
+        &table,
+        &permission(
+            "deny-web",
+            "{kind: MeshService, name: echo}",
+            "{kind: MeshService, name: web}",
+            "AllowWithShadowDeny",
+        ),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while round_trip(vip, SECRET).await.as_deref() != Some(SECRET) {
+        assert!(tokio::time::Instant::now() < deadline, "AllowWithShadowDeny never let web through");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric_of(echo_admin, "loopmesh_mtls_shadow_denied_total{source=\"web\"}") >= 1.0);
+
     // PERMISSIVE: the same plain client is served; mTLS still works.
-    apply_mesh(&table, &builtin_mesh(MESH, "PERMISSIVE")).await;
+    apply_resource(&table, &builtin_mesh(MESH, "PERMISSIVE")).await;
     eventually("PERMISSIVE reaches the sidecar", WAIT, || admin_get(echo_admin, "/config").1.contains("PERMISSIVE"))
         .await;
     // The sidecar installs new settings within a second of applying the view.

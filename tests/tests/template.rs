@@ -73,12 +73,12 @@ fn every_function_has_its_own_role_and_logs_only_to_its_own_group() {
         assert!(props.get("Policies").is_none(), "{name:?}: policies belong on its role");
         assert!(props.get("LoggingConfig").is_some(), "{name:?} names its log group");
     }
-    assert_eq!(functions, 4);
+    assert_eq!(functions, 5);
     let mut all = Vec::new();
     statements(&template, &mut all);
     let logs: Vec<&Value> =
         all.iter().filter(|st| strings(st.get("Action")).iter().any(|a| a.starts_with("logs:"))).collect();
-    assert_eq!(logs.len(), 4, "one logs statement per function");
+    assert_eq!(logs.len(), 5, "one logs statement per function");
     for st in logs {
         assert!(!strings(st.get("Resource")).iter().any(|r| r == "*"), "logs on *: {st:?}");
     }
@@ -117,7 +117,7 @@ fn the_sidecar_policy_allows_the_view_reads_in_its_own_mesh_only() {
     let policy = &template["Resources"]["SidecarReadPolicy"]["Properties"]["PolicyDocument"];
     let mut all = Vec::new();
     statements(policy, &mut all);
-    assert_eq!(all.len(), 1);
+    assert_eq!(all.len(), 2);
     let actions = strings(all[0].get("Action"));
     assert_eq!(actions, ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"]);
     let leading = strings(all[0]["Condition"]["ForAllValues:StringEquals"].get("dynamodb:LeadingKeys"));
@@ -127,4 +127,27 @@ fn the_sidecar_policy_allows_the_view_reads_in_its_own_mesh_only() {
         assert!(source.contains(call), "the view no longer calls {call}: update this test and the policy");
     }
     assert!(!source.contains(".scan()") && !source.contains("put_item"), "the view must only read");
+    // And the certificate: invoking the issuer function, nothing else.
+    assert_eq!(strings(all[1].get("Action")), ["lambda:InvokeFunction"]);
+    assert!(format!("{:?}", all[1]["Resource"]).contains("IssuerFunction.Arn"), "{:?}", all[1]);
+}
+
+/// The issuer signs with the CA key and can do nothing else with it; its
+/// other grants are the role tags, the table and `loopmesh/` secrets.
+#[test]
+fn the_issuer_only_signs_with_the_ca_key() {
+    let template: Value = serde_yaml_ng::from_str(loopmesh_shared::store::table::TEMPLATE).expect("template parses");
+    let key = &template["Resources"]["CaKey"]["Properties"];
+    assert_eq!(key["KeySpec"], Value::from("ECC_NIST_P256"));
+    assert_eq!(key["KeyUsage"], Value::from("SIGN_VERIFY"));
+    let mut all = Vec::new();
+    statements(&template["Resources"]["IssuerRole"], &mut all);
+    let kms: Vec<&Value> =
+        all.iter().filter(|st| strings(st.get("Action")).iter().any(|a| a.starts_with("kms:"))).collect();
+    assert_eq!(kms.len(), 1);
+    assert_eq!(strings(kms[0].get("Action")), ["kms:Sign", "kms:GetPublicKey"]);
+    assert!(format!("{:?}", kms[0]["Resource"]).contains("CaKey.Arn"), "{:?}", kms[0]);
+    for st in &all {
+        assert!(!strings(st.get("Resource")).iter().any(|r| r == "*"), "a grant on *: {st:?}");
+    }
 }

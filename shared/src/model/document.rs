@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{
     Dataplane, DataplaneVars, HostnameGenerator, Mesh, MeshExternalService, MeshMultiZoneService, MeshService,
-    ValidationErrors, dataplane, hostname_generator, mesh, services,
+    MeshTrafficPermission, ValidationErrors, dataplane, hostname_generator, mesh, services, traffic_permission,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,16 +17,18 @@ pub enum ResourceKind {
     MeshExternalService,
     MeshMultiZoneService,
     HostnameGenerator,
+    MeshTrafficPermission,
 }
 
 impl ResourceKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Dataplane,
         Self::Mesh,
         Self::MeshService,
         Self::MeshExternalService,
         Self::MeshMultiZoneService,
         Self::HostnameGenerator,
+        Self::MeshTrafficPermission,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +39,7 @@ impl ResourceKind {
             Self::MeshExternalService => "MeshExternalService",
             Self::MeshMultiZoneService => "MeshMultiZoneService",
             Self::HostnameGenerator => "HostnameGenerator",
+            Self::MeshTrafficPermission => "MeshTrafficPermission",
         }
     }
 
@@ -72,6 +75,7 @@ pub enum Resource {
     MeshExternalService(MeshExternalService),
     MeshMultiZoneService(MeshMultiZoneService),
     HostnameGenerator(HostnameGenerator),
+    MeshTrafficPermission(MeshTrafficPermission),
 }
 
 impl Resource {
@@ -83,6 +87,7 @@ impl Resource {
             Self::MeshExternalService(_) => ResourceKind::MeshExternalService,
             Self::MeshMultiZoneService(_) => ResourceKind::MeshMultiZoneService,
             Self::HostnameGenerator(_) => ResourceKind::HostnameGenerator,
+            Self::MeshTrafficPermission(_) => ResourceKind::MeshTrafficPermission,
         }
     }
 
@@ -94,6 +99,7 @@ impl Resource {
             Self::MeshExternalService(r) => &r.name,
             Self::MeshMultiZoneService(r) => &r.name,
             Self::HostnameGenerator(r) => &r.name,
+            Self::MeshTrafficPermission(r) => &r.name,
         }
     }
 
@@ -104,6 +110,7 @@ impl Resource {
             Self::MeshService(r) => Some(&r.mesh),
             Self::MeshExternalService(r) => Some(&r.mesh),
             Self::MeshMultiZoneService(r) => Some(&r.mesh),
+            Self::MeshTrafficPermission(r) => Some(&r.mesh),
             Self::Mesh(_) | Self::HostnameGenerator(_) => None,
         }
     }
@@ -235,13 +242,13 @@ fn from_value(value: serde_yaml_ng::Value) -> Result<Resource, ValidationErrors>
         ResourceKind::MeshExternalService => Resource::MeshExternalService(services::external_from_value(value)?),
         ResourceKind::MeshMultiZoneService => Resource::MeshMultiZoneService(services::multi_zone_from_value(value)?),
         ResourceKind::HostnameGenerator => Resource::HostnameGenerator(hostname_generator::from_value(value)?),
+        ResourceKind::MeshTrafficPermission => Resource::MeshTrafficPermission(traffic_permission::from_value(value)?),
     })
 }
 
 /// Kong Mesh and Kuma policy kinds: known by name, so refusing one says why
 /// (not supported yet) instead of calling it an unknown kind.
-pub const KONG_POLICY_KINDS: [&str; 16] = [
-    "MeshTrafficPermission",
+pub const KONG_POLICY_KINDS: [&str; 15] = [
     "MeshLoadBalancingStrategy",
     "MeshTimeout",
     "MeshRetry",

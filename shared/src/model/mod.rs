@@ -13,6 +13,7 @@ pub mod limits;
 mod mesh;
 mod services;
 mod tags;
+mod traffic_permission;
 mod validation;
 
 pub use dataplane::{Dataplane, DataplaneVars, Inbound, MAX_INBOUNDS, StaticOutbound, render_dataplane};
@@ -24,6 +25,7 @@ pub use services::{
     display_name,
 };
 pub use tags::{KNOWN_PROTOCOLS, PROTOCOL_TAG, SERVICE_TAG, validate_tag_key, validate_tag_value};
+pub use traffic_permission::{Action, FromRule, MeshTrafficPermission, TargetRef};
 pub use validation::{ValidationError, ValidationErrors, validate_resource_name};
 
 /// Labels on a resource, ordered so rendering and comparisons are deterministic.

@@ -82,7 +82,7 @@ impl MeshMultiZoneService {
 /// The fields every mesh-scoped service document has.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawDocument<S> {
+pub(super) struct RawDocument<S> {
     #[serde(rename = "type")]
     _type: String,
     #[serde(default)]
@@ -91,7 +91,7 @@ struct RawDocument<S> {
     mesh: Option<String>,
     #[serde(default)]
     labels: Option<std::collections::BTreeMap<String, Scalar>>,
-    spec: Option<S>,
+    pub(super) spec: Option<S>,
     #[serde(default, rename = "status")]
     _status: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "creationTime")]
@@ -100,13 +100,13 @@ struct RawDocument<S> {
     _modification_time: Option<serde_yaml_ng::Value>,
 }
 
-struct Meta {
-    name: String,
-    mesh: String,
-    labels: Labels,
+pub(super) struct Meta {
+    pub(super) name: String,
+    pub(super) mesh: String,
+    pub(super) labels: Labels,
 }
 
-fn meta<S>(errors: &mut ValidationErrors, raw: &mut RawDocument<S>) -> Meta {
+pub(super) fn meta<S>(errors: &mut ValidationErrors, raw: &mut RawDocument<S>) -> Meta {
     let name = raw.name.take().unwrap_or_default();
     validate_resource_name(errors, "name", &name);
     let mesh = raw.mesh.take().unwrap_or_else(|| "default".to_owned());

@@ -10,6 +10,7 @@
 
 pub mod cert;
 pub mod issuer;
+pub mod permission;
 pub mod proof;
 
 use std::time::{Duration, SystemTime};

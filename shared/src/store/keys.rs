@@ -114,6 +114,9 @@ pub fn mesh_resource_sk(mesh: &str) -> String {
     resource_sk("Mesh", mesh)
 }
 
+/// The prefix of a mesh's MeshTrafficPermissions, which sidecars read.
+pub const PERMISSION_PREFIX: &str = "RES#MeshTrafficPermission#";
+
 /// A used identity proof (by its signature), kept until it could no longer
 /// be fresh, so it is never accepted twice.
 pub fn proof_pk(signature: &str) -> String {

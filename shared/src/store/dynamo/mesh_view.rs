@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 
 use super::{Item, ReadUsage, key, num, query_counted, s, sdk_error, service_entry, text};
 use crate::error::StoreError;
-use crate::model::Mesh;
+use crate::model::{Mesh, MeshTrafficPermission, Resource, parse_one};
 use crate::mtls::issuer::StoredRoot;
 use crate::store::keys::{self, attr};
 use crate::view::{EndpointEntry, ServiceEntry};
@@ -82,13 +82,9 @@ impl DynamoMeshView {
         Ok((services, self.endpoints(mesh).await?))
     }
 
-    /// The mesh's Mesh resource and its backends' roots, each with its sort
-    /// key: one GetItem and one Query, both small.
-    #[allow(clippy::type_complexity)]
-    pub async fn security(
-        &self,
-        mesh: &str,
-    ) -> Result<(Option<(String, Mesh)>, Vec<(String, StoredRoot)>), StoreError> {
+    /// The mesh's Mesh resource, its backends' roots and its traffic
+    /// permissions, each with its sort key: one GetItem and two small Queries.
+    pub async fn security(&self, mesh: &str) -> Result<Security, StoreError> {
         let sk = keys::mesh_resource_sk(mesh);
         let out = self
             .client
@@ -107,7 +103,19 @@ impl DynamoMeshView {
                 .iter()
                 .filter_map(|item| Some((text(item, keys::SK)?.to_owned(), super::ca::root_from_item(item)?)))
                 .collect();
-        Ok((resource, roots))
+        let permissions = query_counted(
+            &self.client,
+            &self.table,
+            &keys::mesh_pk(mesh),
+            keys::PERMISSION_PREFIX,
+            None,
+            Some(&self.usage),
+        )
+        .await?
+        .iter()
+        .map(|item| Ok((text(item, keys::SK).unwrap_or_default().to_owned(), permission_from_item(mesh, item)?)))
+        .collect::<Result<_, StoreError>>()?;
+        Ok(Security { resource, roots, permissions })
     }
 
     /// The mesh's endpoints, each with its sort key: one Query.
@@ -203,6 +211,14 @@ impl DynamoMeshView {
     }
 }
 
+/// What a sidecar reads of its mesh's security, each item with its sort key.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub resource: Option<(String, Mesh)>,
+    pub roots: Vec<(String, StoredRoot)>,
+    pub permissions: Vec<(String, MeshTrafficPermission)>,
+}
+
 /// A change item: when it was written and what it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeItem {
@@ -221,6 +237,7 @@ pub enum MeshItem {
     Mesh(Box<Mesh>),
     /// A backend's root certificate.
     Root(StoredRoot),
+    Permission(Box<MeshTrafficPermission>),
 }
 
 fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
@@ -233,8 +250,19 @@ fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
         Ok(Some(MeshItem::Mesh(Box::new(super::ca::mesh_from_item(mesh, item)?))))
     } else if sk.starts_with(keys::ROOT_PREFIX) {
         Ok(super::ca::root_from_item(item).map(MeshItem::Root))
+    } else if sk.starts_with(keys::PERMISSION_PREFIX) {
+        Ok(Some(MeshItem::Permission(Box::new(permission_from_item(mesh, item)?))))
     } else {
         Ok(None)
+    }
+}
+
+fn permission_from_item(mesh: &str, item: &Item) -> Result<MeshTrafficPermission, StoreError> {
+    let sk = text(item, keys::SK).unwrap_or_default();
+    match parse_one(text(item, attr::DOC).unwrap_or_default()) {
+        Ok(Resource::MeshTrafficPermission(p)) => Ok(p),
+        Ok(other) => Err(StoreError::corrupt(format!("{sk:?} in mesh {mesh} holds a {}", other.kind()))),
+        Err(e) => Err(StoreError::corrupt(format!("{sk:?} in mesh {mesh} no longer validates: {e}"))),
     }
 }
 

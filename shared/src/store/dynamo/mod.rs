@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{
 
 pub use ca::DynamoCaStore;
 pub use dns_store::DynamoDnsStore;
-pub use mesh_view::{ChangeItem, DynamoMeshView, MeshItem};
+pub use mesh_view::{ChangeItem, DynamoMeshView, MeshItem, Security};
 
 pub use registry::DynamoRegistry;
 pub use resources::{Applied, DynamoResources, WriteError, declared_key};

@@ -25,6 +25,11 @@ pub struct DynamoResources {
     table: String,
 }
 
+/// The applied kinds a sidecar reads with its view.
+fn sidecars_read(kind: ResourceKind) -> bool {
+    matches!(kind, ResourceKind::Mesh | ResourceKind::MeshTrafficPermission)
+}
+
 fn partition(mesh: Option<&str>) -> String {
     mesh.map_or_else(|| keys::GLOBAL_PK.to_owned(), keys::mesh_pk)
 }
@@ -226,9 +231,9 @@ impl DynamoResources {
         if let Some(m) = mesh {
             let mut changed: Vec<String> =
                 declared.map(|(d, _)| keys::service_sk(d.key.kind, &d.key.name)).into_iter().collect();
-            // Sidecars read their mesh's Mesh for its mTLS settings.
-            if kind == ResourceKind::Mesh {
-                changed.push(keys::mesh_resource_sk(name));
+            // Sidecars read their mesh's Mesh (mTLS) and its traffic permissions.
+            if sidecars_read(kind) {
+                changed.push(keys::resource_sk(kind.as_str(), name));
             }
             items.extend(view_changed(&self.table, m, &changed, now, None)?);
         }
@@ -316,8 +321,8 @@ impl DynamoResources {
         }
         if let Some(m) = mesh {
             let mut changed: Vec<String> = declared.map(|k| keys::service_sk(k.kind, &k.name)).into_iter().collect();
-            if kind == ResourceKind::Mesh {
-                changed.push(keys::mesh_resource_sk(name));
+            if sidecars_read(kind) {
+                changed.push(keys::resource_sk(kind.as_str(), name));
             }
             items.extend(view_changed(&self.table, m, &changed, now, None)?);
         }
