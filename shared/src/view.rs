@@ -22,6 +22,21 @@ pub struct View {
     pub mtls: Option<MeshMtls>,
 }
 
+/// A CA backend as a sidecar sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub name: String,
+    /// Its root is made by the issuer and kept in the table (else an operator's, in Secrets Manager).
+    pub builtin: bool,
+}
+
+impl MeshMtls {
+    /// Whether every builtin backend the Mesh lists has its root in the table.
+    pub fn builtin_roots_missing(&self) -> bool {
+        self.backends.iter().any(|b| b.builtin && !self.roots.contains_key(&b.name))
+    }
+}
+
 /// What a sidecar needs of its mesh's mTLS settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshMtls {
@@ -29,8 +44,11 @@ pub struct MeshMtls {
     /// The backend that signs new certificates.
     pub backend: String,
     pub mode: crate::model::MtlsMode,
-    /// Every backend's root known so far, PEM: a peer's certificate must chain to one.
-    pub trust_bundle: Vec<String>,
+    /// The backends the Mesh lists (their roots are trusted), in order.
+    pub backends: Vec<BackendView>,
+    /// The roots of builtin backends made so far, PEM by backend (a
+    /// provided backend's root comes with the sidecar's certificate).
+    pub roots: std::collections::BTreeMap<String, String>,
     /// The mesh's MeshTrafficPermissions, which inbounds enforce.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<crate::model::MeshTrafficPermission>,
@@ -89,9 +107,9 @@ impl View {
             }
         }
         if let Some(m) = &self.mtls {
-            for (i, pem) in m.trust_bundle.iter().enumerate() {
+            for (backend, pem) in &m.roots {
                 if crate::mtls::pem_certificates(pem).map_or(true, |c| c.is_empty()) {
-                    return Err(format!("mtls.trust_bundle[{i}]: not a PEM certificate"));
+                    return Err(format!("mtls.roots.{backend}: not a PEM certificate"));
                 }
             }
         }

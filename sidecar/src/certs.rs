@@ -93,10 +93,18 @@ fn aws_smithy_error(e: &impl std::error::Error) -> String {
 struct Held {
     identity: Identity,
     backend: String,
-    trust_bundle: Vec<String>,
+    /// The roots the issuer named, by backend (a provided backend's only source).
+    trust_bundle: std::collections::BTreeMap<String, String>,
     renew_at: SystemTime,
     not_after: SystemTime,
 }
+
+/// How long a sidecar waits for a new backend's root to reach the view
+/// before it renews to that backend anyway.
+const ROTATION_WAIT: Duration = Duration::from_secs(120);
+/// Over how long the sidecars of a mesh spread the renewal that makes a
+/// new backend's root.
+const PREPARE_SPREAD: Duration = Duration::from_secs(20);
 
 /// What was last installed: mesh, mode, trusted roots (PEM), the key held
 /// and the permissions.
@@ -115,6 +123,10 @@ pub async fn keep(
     let mut installed: Option<Installed> = None;
     let mut next_try = tokio::time::Instant::now();
     let mut backoff = Duration::from_secs(1);
+    // When the enabled backend was first seen to differ from the held
+    // certificate's, and when this sidecar renews to have missing roots made.
+    let mut switch_seen: Option<tokio::time::Instant> = None;
+    let mut prepare_at: Option<tokio::time::Instant> = None;
     loop {
         let view = listeners.view();
         match &view.mtls {
@@ -125,7 +137,28 @@ pub async fn keep(
                 mtls.disable();
             }
             Some(want) => {
-                let due = held.as_ref().is_none_or(|h| SystemTime::now() >= h.renew_at || h.backend != want.backend);
+                let now = tokio::time::Instant::now();
+                let switching = held.as_ref().is_some_and(|h| h.backend != want.backend);
+                let since = *switch_seen.get_or_insert(now);
+                if !switching {
+                    switch_seen = None;
+                }
+                // Renew to a new backend once its root is in the view (peers
+                // learn it the same way), or after ROTATION_WAIT regardless.
+                let enabled_builtin = want.backends.iter().any(|b| b.name == want.backend && b.builtin);
+                let switch_ready = !enabled_builtin
+                    || want.roots.contains_key(&want.backend)
+                    || now.duration_since(since) >= ROTATION_WAIT;
+                // A listed builtin backend has no root yet: after a random
+                // pause (the first sidecar's renewal makes it for everyone).
+                if held.is_some() && want.builtin_roots_missing() {
+                    prepare_at.get_or_insert_with(|| now + PREPARE_SPREAD.mul_f64(fastrand::f64()));
+                } else {
+                    prepare_at = None;
+                }
+                let due = held.as_ref().is_none_or(|h| SystemTime::now() >= h.renew_at)
+                    || (switching && switch_ready)
+                    || prepare_at.is_some_and(|at| now >= at);
                 if due && tokio::time::Instant::now() >= next_try && !services.is_empty() {
                     match &client {
                         None => {
@@ -137,6 +170,7 @@ pub async fn keep(
                         Some(c) => match obtain(c, &want.mesh, &services).await {
                             Ok(h) => {
                                 MtlsStats::count(&mtls.stats.issued);
+                                prepare_at = None;
                                 let not_after = h.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
                                 mtls.stats.not_after.store(not_after.as_secs(), std::sync::atomic::Ordering::Relaxed);
                                 tracing::info!(backend = %h.backend, services = ?services, not_after_s = not_after.as_secs(), "certificate issued");
@@ -157,11 +191,18 @@ pub async fn keep(
                         },
                     }
                 }
-                let mut trust: Vec<String> = want.trust_bundle.clone();
-                if let Some(h) = &held {
-                    trust.extend(h.trust_bundle.iter().filter(|p| !want.trust_bundle.contains(p)).cloned());
-                }
-                trust.sort();
+                // Every listed backend's root: from the table, else as the
+                // issuer named it. A backend the Mesh no longer lists is not trusted.
+                let trust: Vec<String> = want
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        want.roots
+                            .get(&b.name)
+                            .or_else(|| held.as_ref().and_then(|h| h.trust_bundle.get(&b.name)))
+                            .cloned()
+                    })
+                    .collect();
                 let wanted = (
                     want.mesh.clone(),
                     format!("{:?}", want.mode),

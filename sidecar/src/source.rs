@@ -21,11 +21,11 @@ use std::time::{Duration, SystemTime};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use loopmesh_shared::model::{Mesh, MeshTrafficPermission};
+use loopmesh_shared::model::{CaKind, Mesh, MeshTrafficPermission};
 use loopmesh_shared::mtls::issuer::StoredRoot;
 use loopmesh_shared::store::dynamo::{DynamoMeshView, MeshItem};
 use loopmesh_shared::store::keys::{self, CHANGE_RETENTION_S};
-use loopmesh_shared::view::{EndpointEntry, MeshMtls, ServiceEntry};
+use loopmesh_shared::view::{BackendView, EndpointEntry, MeshMtls, ServiceEntry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -204,12 +204,17 @@ impl Replica {
                 mesh: self.mesh.clone(),
                 backend: enabled.name.clone(),
                 mode: enabled.mode,
+                backends: mtls
+                    .backends
+                    .iter()
+                    .map(|b| BackendView { name: b.name.clone(), builtin: b.kind == CaKind::Builtin })
+                    .collect(),
                 // Only the roots of backends the Mesh still lists are trusted.
-                trust_bundle: self
+                roots: self
                     .roots
                     .values()
                     .filter(|r| mtls.backends.iter().any(|b| b.name == r.backend))
-                    .map(|r| r.certificate.clone())
+                    .map(|r| (r.backend.clone(), r.certificate.clone()))
                     .collect(),
                 permissions: self.permissions.values().cloned().collect(),
             }

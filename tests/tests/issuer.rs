@@ -59,7 +59,7 @@ async fn a_role_tagged_for_the_service_gets_a_day_long_certificate_of_its_spiffe
     let life = info.not_after.duration_since(SystemTime::now()).unwrap();
     assert!(life > Duration::from_secs(86_000) && life <= Duration::from_secs(86_400), "{life:?}");
     assert_eq!(issued.backend, "ca-1");
-    assert_eq!(issued.trust_bundle, vec![issued.ca.clone()]);
+    assert_eq!(issued.trust_bundle, [("ca-1".to_owned(), issued.ca.clone())].into());
     // KMS's signature verifies: the certificate chains to the root, as a peer checks it.
     let root = pem_certificates(&issued.ca).unwrap().remove(0);
     let mut roots = rustls::RootCertStore::empty();

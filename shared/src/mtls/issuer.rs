@@ -180,7 +180,7 @@ impl<C: CallerIdentity, T: RoleTags, S: CaStore, K: CaKeys> Issuer<C, T, S, K> {
         Ok(Issued {
             certificate: to_pem(&leaf),
             ca: ca_pem,
-            trust_bundle: roots.into_values().collect(),
+            trust_bundle: roots,
             backend: enabled.name.clone(),
             not_after: not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
         })

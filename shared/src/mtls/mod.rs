@@ -67,8 +67,9 @@ pub struct Issued {
     pub certificate: String,
     /// The root that signed it, PEM.
     pub ca: String,
-    /// Every root of the mesh's backends, PEM: what peers' certificates must chain to.
-    pub trust_bundle: Vec<String>,
+    /// Every root of the mesh's backends, PEM by backend: what peers'
+    /// certificates must chain to.
+    pub trust_bundle: std::collections::BTreeMap<String, String>,
     /// The backend that signed it.
     pub backend: String,
     /// Seconds since the epoch.
