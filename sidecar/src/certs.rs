@@ -127,6 +127,9 @@ pub async fn keep(
     // certificate's, and when this sidecar renews to have missing roots made.
     let mut switch_seen: Option<tokio::time::Instant> = None;
     let mut prepare_at: Option<tokio::time::Instant> = None;
+    // A renewal made to have roots made is not repeated before ROTATION_WAIT:
+    // a view that lags behind the table must not cost an issuance per pause.
+    let mut prepared: Option<tokio::time::Instant> = None;
     loop {
         let view = listeners.view();
         match &view.mtls {
@@ -151,7 +154,8 @@ pub async fn keep(
                     || now.duration_since(since) >= ROTATION_WAIT;
                 // A listed builtin backend has no root yet: after a random
                 // pause (the first sidecar's renewal makes it for everyone).
-                if held.is_some() && want.builtin_roots_missing() {
+                let recently = prepared.is_some_and(|p| now.duration_since(p) < ROTATION_WAIT);
+                if held.is_some() && want.builtin_roots_missing() && !recently {
                     prepare_at.get_or_insert_with(|| now + PREPARE_SPREAD.mul_f64(fastrand::f64()));
                 } else {
                     prepare_at = None;
@@ -170,7 +174,9 @@ pub async fn keep(
                         Some(c) => match obtain(c, &want.mesh, &services).await {
                             Ok(h) => {
                                 MtlsStats::count(&mtls.stats.issued);
-                                prepare_at = None;
+                                if prepare_at.take().is_some() {
+                                    prepared = Some(tokio::time::Instant::now());
+                                }
                                 let not_after = h.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
                                 mtls.stats.not_after.store(not_after.as_secs(), std::sync::atomic::Ordering::Relaxed);
                                 tracing::info!(backend = %h.backend, services = ?services, not_after_s = not_after.as_secs(), "certificate issued");
