@@ -56,6 +56,8 @@ pub struct Declared {
     /// MeshService ports whose traffic goes to another inbound port
     /// (`targetPort`): (port, target).
     pub targets: Vec<(u16, u16)>,
+    /// A MeshExternalService's TLS origination.
+    pub tls: Option<crate::model::ExternalTls>,
 }
 
 /// The labels Kuma's control plane puts on a resource, added to the
@@ -83,6 +85,7 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
                 .filter_map(|p| Some((p.port, p.target_port.as_deref()?.parse().ok()?)))
                 .filter(|(port, target)| port != target)
                 .collect(),
+            tls: None,
         }),
         Resource::MeshExternalService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshExternalService, &s.name),
@@ -91,6 +94,7 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
             external: s.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect(),
             match_labels: Labels::new(),
             targets: Vec::new(),
+            tls: s.tls.clone(),
         }),
         Resource::MeshMultiZoneService(s) => Some(Declared {
             key: ServiceKey::new(&s.mesh, ServiceKind::MeshMultiZoneService, &s.name),
@@ -99,6 +103,7 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
             external: Vec::new(),
             match_labels: s.match_labels.clone(),
             targets: Vec::new(),
+            tls: None,
         }),
         Resource::Dataplane(_)
         | Resource::Mesh(_)

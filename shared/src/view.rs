@@ -64,6 +64,9 @@ pub struct Outbound {
     pub port: u16,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// TLS the sidecar originates to the endpoints (a MeshExternalService's `spec.tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::ExternalTls>,
 }
 
 /// Where a connection may go: `ip:port`, or `name:port` for a
@@ -141,6 +144,8 @@ pub struct ServiceEntry {
     pub match_labels: Labels,
     /// A MeshService port whose traffic goes to another inbound port (`targetPort`).
     pub targets: std::collections::BTreeMap<u16, u16>,
+    /// A MeshExternalService's TLS origination.
+    pub tls: Option<crate::model::ExternalTls>,
 }
 
 /// An endpoint row: one task's inbound for `service`.
@@ -181,7 +186,8 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
         let mut push = |port: u16, mut endpoints: Vec<Endpoint>| {
             endpoints.sort();
             endpoints.dedup();
-            outbounds.push(Outbound { service: s.name.clone(), kind: kind.clone(), vip, port, endpoints });
+            let tls = s.tls.clone();
+            outbounds.push(Outbound { service: s.name.clone(), kind: kind.clone(), vip, port, endpoints, tls });
         };
         match s.kind {
             ServiceKind::Service => {
@@ -276,6 +282,7 @@ mod tests {
             external: Vec::new(),
             match_labels: Labels::new(),
             targets: std::collections::BTreeMap::new(),
+            tls: None,
         }
     }
 

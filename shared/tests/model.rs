@@ -307,11 +307,36 @@ fn what_loopmesh_does_not_do_yet_is_refused_never_ignored() {
         "type",
         "Kong Mesh policy loopmesh does not enforce yet",
     );
+    // A MeshExternalService's spec.tls is originated by the sidecar; what rustls
+    // cannot do, and Secret references, are refused with the field named.
+    let mes = |tls: &str| {
+        format!(
+            "type: MeshExternalService\nname: httpbin\nmesh: default\nspec:\n  match:\n    type: HostnameGenerator\n    port: 443\n    protocol: tcp\n  endpoints:\n  - address: httpbin.org\n    port: 443\n  tls:\n{tls}"
+        )
+    };
+    let Ok(Resource::MeshExternalService(s)) = parse_one(&mes(
+        "    enabled: true\n    version:\n      min: TLS12\n    verification:\n      mode: SkipSAN\n      serverName: httpbin.org\n      subjectAltNames:\n      - type: Prefix\n        value: httpbin\n",
+    )) else {
+        panic!("spec.tls is accepted")
+    };
+    let tls = s.tls.unwrap();
+    assert_eq!(tls.mode, loopmesh_shared::model::VerificationMode::SkipSAN);
+    assert_eq!(tls.server_name.as_deref(), Some("httpbin.org"));
+    assert!(tls.subject_alt_names[0].prefix);
+    let Ok(Resource::MeshExternalService(off)) = parse_one(&mes("    enabled: false\n")) else { panic!() };
+    assert_eq!(off.tls, None, "enabled: false originates nothing, as in Kuma");
+    refused(&mes("    enabled: true\n    version:\n      min: TLS10\n"), "spec.tls.version.min", "TLS 1.2 and 1.3");
     refused(
-        "type: MeshExternalService\nname: httpbin\nmesh: default\nspec:\n  match:\n    type: HostnameGenerator\n    port: 443\n    protocol: tcp\n  endpoints:\n  - address: httpbin.org\n    port: 443\n  tls:\n    enabled: true\n",
-        "spec.tls",
-        "does not originate TLS",
+        &mes("    enabled: true\n    allowRenegotiation: true\n"),
+        "spec.tls.allowRenegotiation",
+        "never renegotiates",
     );
+    refused(
+        &mes("    enabled: true\n    verification:\n      caCert:\n        secret: my-ca\n"),
+        "spec.tls.verification.caCert",
+        "Secret reference",
+    );
+    refused(&mes("    enabled: true\n    verification:\n      mode: Lax\n"), "spec.tls.verification.mode", "Secured");
     refused(
         "type: Dataplane\nname: gw\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge\n",
         "networking.gateway",

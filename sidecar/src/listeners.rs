@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::Balancer;
 use crate::proxy::{ProxySettings, Route, serve};
+use crate::tls::ExternalOrigin;
 use crate::view::{Endpoint, View};
 
 /// Pending connections a listener queues before `accept`.
@@ -162,10 +163,21 @@ impl Listeners {
                     vip: ip,
                     port: so.port,
                     endpoints: of_service.map(|o| o.endpoints.clone()).unwrap_or_default(),
+                    tls: None,
                 })
             })
             .collect();
         let vips = view.outbounds.iter().filter(|_| self.bind_vips);
+        // TLS to external endpoints: a configuration that cannot be built
+        // rejects the view whole, like any other invalid part.
+        let mut origins = BTreeMap::new();
+        for o in vips.clone() {
+            if let Some(spec) = &o.tls {
+                let origin = ExternalOrigin::new(spec)
+                    .map_err(|e| format!("outbound {} ({}:{}): {e}", o.service, o.vip, o.port))?;
+                origins.insert((o.vip, o.port), Arc::new(origin));
+            }
+        }
         let mut routes = self.outbounds.lock().unwrap_or_else(PoisonError::into_inner);
         let wanted: BTreeMap<Key, _> = vips.chain(&explicit).map(|o| ((o.vip, o.port), o)).collect();
         let mut applied = Applied::default();
@@ -191,6 +203,10 @@ impl Listeners {
                     route.balancer.store(Arc::new(Balancer::carry_over(&outbound.endpoints, zone, Some(&current))));
                     applied.updated += 1;
                 }
+                if route.external.load().as_ref().map(|o| &o.spec) != outbound.tls.as_ref() {
+                    route.external.store(origins.get(key).cloned());
+                    applied.updated += usize::from(same);
+                }
                 continue;
             }
             let listen = SocketAddr::from(*key);
@@ -198,6 +214,7 @@ impl Listeners {
                 Ok(listener) => {
                     let balancer = Balancer::new(&outbound.endpoints, self.zone.clone());
                     let route = Route::new(outbound.service.clone(), listen, balancer);
+                    route.external.store(origins.get(key).cloned());
                     let route = Arc::new(route.with_mtls(self.mtls.clone(), None));
                     tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
                     routes.insert(*key, route);

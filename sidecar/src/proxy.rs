@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::{Balancer, EndpointState, Target};
 use crate::pump::{Activity, Flow, carry};
-use crate::tls::{Active, Mtls, MtlsStats};
+use crate::tls::{Active, ExternalOrigin, Mtls, MtlsStats};
 use loopmesh_shared::model::{Labels, MtlsMode};
 use loopmesh_shared::mtls::permission::{Decision, decide};
 
@@ -73,6 +73,8 @@ pub struct Route {
     pub inbound: bool,
     /// An inbound's tags, which MeshTrafficPermissions select it by.
     pub inbound_tags: Labels,
+    /// TLS to originate to the endpoints (a MeshExternalService's `spec.tls`).
+    pub external: ArcSwapOption<ExternalOrigin>,
 }
 
 impl Route {
@@ -87,6 +89,7 @@ impl Route {
             mtls: None,
             inbound: false,
             inbound_tags: Labels::new(),
+            external: ArcSwapOption::empty(),
         }
     }
 
@@ -302,7 +305,17 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
                 return;
             }
         },
-        _ => Stream::Plain(upstream),
+        _ => match route.external.load_full() {
+            None => Stream::Plain(upstream),
+            Some(origin) => match originate_external(upstream, &origin, &endpoint.target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(service = %route.service, endpoint = %endpoint.address, error = %e, "connection closed: TLS to the external endpoint failed");
+                    return;
+                }
+            },
+        },
     };
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
@@ -343,6 +356,22 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
             duration_ms = started.elapsed().as_millis() as u64,
             end = outcome.as_deref().unwrap_or("closed"),
         );
+    }
+}
+
+/// TLS to a MeshExternalService endpoint, verified as its `spec.tls` says.
+async fn originate_external(upstream: TcpStream, origin: &ExternalOrigin, target: &Target) -> Result<Stream, String> {
+    let peer = upstream.peer_addr().map_err(|e| e.to_string())?;
+    let host = match target {
+        Target::Name(host, _) => host.clone(),
+        Target::Socket(sa) => sa.ip().to_string(),
+    };
+    let connect =
+        tokio_rustls::TlsConnector::from(origin.config.clone()).connect(origin.server_name(&host, peer), upstream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
+        Ok(Err(e)) => Err(format!("TLS to {host} ({peer}): {e}")),
+        Err(_) => Err(format!("TLS to {host} ({peer}): no handshake in {HANDSHAKE_TIMEOUT:?}")),
     }
 }
 

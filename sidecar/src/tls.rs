@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
-use loopmesh_shared::model::{MeshTrafficPermission, MtlsMode};
-use loopmesh_shared::mtls::{inspect, parse_spiffe_id, spiffe_id};
+use loopmesh_shared::model::{ExternalTls, MeshTrafficPermission, MtlsMode, TlsVersion};
+use loopmesh_shared::mtls::{inspect, parse_spiffe_id, pem_certificates, spiffe_id};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -266,4 +266,152 @@ impl ServerCertVerifier for PeerIs {
 /// SNI is sent for an IP; the resumption cache is per peer).
 pub fn server_name(addr: std::net::SocketAddr) -> ServerName<'static> {
     ServerName::IpAddress(addr.ip().into())
+}
+
+/// TLS the sidecar originates to a MeshExternalService's endpoints: the
+/// client configuration and the server name to send.
+#[derive(Debug)]
+pub struct ExternalOrigin {
+    pub spec: ExternalTls,
+    pub config: Arc<ClientConfig>,
+}
+
+impl ExternalOrigin {
+    /// Builds the configuration; an error names the field that is wrong.
+    pub fn new(spec: &ExternalTls) -> Result<Self, String> {
+        let provider = provider();
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+            [(TlsVersion::Tls12, &rustls::version::TLS12), (TlsVersion::Tls13, &rustls::version::TLS13)]
+                .into_iter()
+                .filter(|(v, _)| spec.min_version.is_none_or(|m| *v >= m) && spec.max_version.is_none_or(|m| *v <= m))
+                .map(|(_, p)| p)
+                .collect();
+        let mut roots = RootCertStore::empty();
+        match &spec.ca_cert {
+            Some(pem) => {
+                let certs = pem_certificates(pem).map_err(|e| format!("tls.ca_cert: {e}"))?;
+                if certs.is_empty() {
+                    return Err("tls.ca_cert: no PEM certificate".to_owned());
+                }
+                for der in certs {
+                    roots.add(CertificateDer::from(der)).map_err(|e| format!("tls.ca_cert: {e}"))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let verifier = Arc::new(External { roots: Arc::new(roots), spec: spec.clone(), provider: provider.clone() });
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)
+            .map_err(|e| format!("tls.version: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match (&spec.client_cert, &spec.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = pem_certificates(cert)
+                    .map_err(|e| format!("tls.client_cert: {e}"))?
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect();
+                let key = rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes())
+                    .map_err(|e| format!("tls.client_key: {e:?}"))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| format!("tls.client_cert: {e}"))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Self { spec: spec.clone(), config: Arc::new(config) })
+    }
+
+    /// What the connection to `host` is for: the SNI and the name checked
+    /// (the override, else a hostname endpoint's name, else its IP).
+    pub fn server_name(&self, host: &str, addr: std::net::SocketAddr) -> ServerName<'static> {
+        let name = self.spec.server_name.as_deref().unwrap_or(host);
+        ServerName::try_from(name.to_owned()).unwrap_or_else(|_| server_name(addr))
+    }
+}
+
+/// Kuma's verification modes for an external endpoint.
+#[derive(Debug)]
+struct External {
+    roots: Arc<RootCertStore>,
+    spec: ExternalTls,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for External {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        let mode = self.spec.mode;
+        if mode.checks_ca() {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &self.roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
+        if mode.checks_name() {
+            if self.spec.subject_alt_names.is_empty() {
+                rustls::client::verify_server_name(&parsed, server_name)?;
+            } else {
+                let names = san_names(end_entity);
+                if !self.spec.subject_alt_names.iter().any(|m| names.iter().any(|n| m.matches(n))) {
+                    return Err(rustls::Error::General(format!(
+                        "the server's names {names:?} match no subjectAltNames"
+                    )));
+                }
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate's DNS names, IP addresses and URIs, as text.
+fn san_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }

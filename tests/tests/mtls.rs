@@ -465,3 +465,25 @@ async fn ca_rotation_under_traffic_resets_nothing() {
     echo(&mut held, b"after").await;
     assert_eq!(metric_of(web_admin, "loopmesh_mtls_outbound_refused_total"), 0.0, "no handshake failed");
 }
+
+/// A MeshExternalService's `spec.tls` goes through the table to the view a
+/// sidecar builds, whole; deleting the resource takes it away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_external_service_tls_reaches_the_sidecar_view() {
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "mes-tls").await;
+    apply_resource(
+        &table,
+        "type: MeshExternalService\nname: httpbin\nmesh: default\nspec:\n  match:\n    type: HostnameGenerator\n    port: 443\n    protocol: tcp\n  endpoints:\n  - address: httpbin.org\n    port: 443\n  tls:\n    enabled: true\n    verification:\n      serverName: httpbin.org\n",
+    )
+    .await;
+    let reader = loopmesh_shared::store::dynamo::DynamoMeshView::new(client.clone(), &table);
+    let (services, endpoints) = reader.read("default").await.unwrap();
+    let view = loopmesh_shared::view::build(1, &services, &endpoints, 8080);
+    let outbound = view.outbounds.iter().find(|o| o.service == "httpbin").unwrap();
+    let tls = outbound.tls.as_ref().expect("the view carries spec.tls");
+    assert_eq!(tls.server_name.as_deref(), Some("httpbin.org"));
+    assert_eq!(tls.mode, loopmesh_shared::model::VerificationMode::Secured);
+    assert_eq!(outbound.endpoints[0].address, "httpbin.org:443");
+    assert_eq!(outbound.endpoints[0].identity, None, "not a mesh endpoint: no mTLS identity");
+}

@@ -8,6 +8,7 @@
 
 mod dataplane;
 mod document;
+mod external_tls;
 mod hostname_generator;
 pub mod limits;
 mod mesh;
@@ -18,6 +19,7 @@ mod validation;
 
 pub use dataplane::{Dataplane, DataplaneVars, Inbound, MAX_INBOUNDS, StaticOutbound, render_dataplane};
 pub use document::{DocumentError, Resource, ResourceKind, parse_documents, parse_documents_with_text, parse_one};
+pub use external_tls::{ExternalTls, SanMatch, TlsVersion, VerificationMode};
 pub use hostname_generator::{HostnameGenerator, HostnameTarget, NamedZone};
 pub use mesh::{CaBackend, CaKind, Mesh, MeshServicesMode, Mtls, MtlsMode};
 pub use services::{

@@ -46,6 +46,8 @@ pub struct MeshExternalService {
     pub port: u16,
     pub protocol: String,
     pub endpoints: Vec<ExternalEndpoint>,
+    /// `spec.tls` with `enabled: true`: the sidecar originates TLS.
+    pub tls: Option<super::ExternalTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +214,7 @@ struct RawExternalSpec {
     #[serde(default)]
     endpoints: Option<Vec<RawEndpoint>>,
     #[serde(default)]
-    tls: Option<serde_yaml_ng::Value>,
+    tls: Option<super::external_tls::RawTls>,
     #[serde(default)]
     extension: Option<serde_yaml_ng::Value>,
 }
@@ -257,11 +259,7 @@ pub(super) fn external_from_value(value: serde_yaml_ng::Value) -> Result<MeshExt
             )
         }
     };
-    // Refused until implemented, rather than accepted and ignored: an
-    // operator who asks for TLS to the endpoint must not get plain text.
-    if spec.tls.is_some_and(|t| !t.is_null()) {
-        errors.push("spec.tls", "loopmesh does not originate TLS to external endpoints yet; remove spec.tls (the application can speak TLS itself through the VIP)");
-    }
+    let tls = spec.tls.and_then(|t| super::external_tls::from_raw(&mut errors, t));
     if spec.extension.is_some_and(|x| !x.is_null()) {
         errors.push("spec.extension", "MeshExternalService extensions are not supported; remove spec.extension");
     }
@@ -287,6 +285,7 @@ pub(super) fn external_from_value(value: serde_yaml_ng::Value) -> Result<MeshExt
         port: port.unwrap_or_default(),
         protocol,
         endpoints,
+        tls,
     };
     errors.into_result(service)
 }

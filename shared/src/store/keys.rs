@@ -187,4 +187,6 @@ pub mod attr {
     /// A root's certificate, PEM.
     pub const CERTIFICATE: &str = "certificate";
     pub const BACKEND: &str = "backend";
+    /// A MeshExternalService's TLS origination, JSON.
+    pub const TLS: &str = "tls";
 }

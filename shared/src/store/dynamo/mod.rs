@@ -434,5 +434,9 @@ pub(crate) fn service_entry(mesh: &str, item: &Item) -> Result<crate::view::Serv
         labels: string_map(item, attr::LABELS),
         external,
         match_labels: string_map(item, attr::MATCH_LABELS),
+        tls: match text(item, attr::TLS) {
+            None => None,
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| StoreError::corrupt(format!("{sk}: tls {e}")))?),
+        },
     })
 }

@@ -255,11 +255,19 @@ impl DynamoResources {
     /// Sets what a sidecar needs on the declared service's item, if it still
     /// holds `vip`, and marks it declared (kept from garbage collection).
     fn declare(&self, d: &Declared, vip: Ipv4Addr, now: UnixSeconds) -> Result<TransactWriteItem, StoreError> {
-        let u = Update::builder()
+        let tls = d.tls.as_ref().map(serde_json::to_string).transpose().map_err(|e| build_err(&self.table, e))?;
+        let set = "SET #p = :p, #l = :l, #x = :x, #ml = :ml, #t = :t, #d = :true, #c = :now";
+        let mut u = Update::builder().expression_attribute_names("#tls", attr::TLS).update_expression(match &tls {
+            Some(_) => format!("{set}, #tls = :tls"),
+            None => format!("{set} REMOVE #tls"),
+        });
+        if let Some(tls) = tls {
+            u = u.expression_attribute_values(":tls", s(tls));
+        }
+        let u = u
             .table_name(&self.table)
             .set_key(Some(key(keys::mesh_pk(&d.key.mesh), keys::service_sk(d.key.kind, &d.key.name))))
             .condition_expression("#vip = :vip")
-            .update_expression("SET #p = :p, #l = :l, #x = :x, #ml = :ml, #t = :t, #d = :true, #c = :now")
             .expression_attribute_names("#t", attr::TARGETS)
             .expression_attribute_names("#vip", attr::VIP)
             .expression_attribute_names("#p", attr::PORTS)
@@ -308,7 +316,8 @@ impl DynamoResources {
                 .table_name(&self.table)
                 .set_key(Some(key(keys::mesh_pk(&k.mesh), keys::service_sk(k.kind, &k.name))))
                 .condition_expression("attribute_exists(#sk)")
-                .update_expression("REMOVE #d, #p, #x SET #c = :now")
+                .update_expression("REMOVE #d, #p, #x, #tls SET #c = :now")
+                .expression_attribute_names("#tls", attr::TLS)
                 .expression_attribute_names("#sk", keys::SK)
                 .expression_attribute_names("#d", attr::DECLARED)
                 .expression_attribute_names("#p", attr::PORTS)
