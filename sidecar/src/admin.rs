@@ -270,6 +270,12 @@ impl Admin {
                 load(&m.outbound_handshakes),
             ),
             mtls(
+                "loopmesh_mtls_outbound_resumed_total",
+                "counter",
+                "outbound handshakes that resumed a session of the same peer",
+                load(&m.outbound_resumed),
+            ),
+            mtls(
                 "loopmesh_mtls_outbound_refused_total",
                 "counter",
                 "outbound handshakes that failed (the peer is not the service expected)",

@@ -191,6 +191,9 @@ async fn originate(upstream: TcpStream, active: &Active, stats: &MtlsStats, serv
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok(stream)) => {
             MtlsStats::count(&stats.outbound_handshakes);
+            if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                MtlsStats::count(&stats.outbound_resumed);
+            }
             Ok(Stream::Tls(Box::new(stream.into())))
         }
         Ok(Err(e)) => {

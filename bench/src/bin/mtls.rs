@@ -296,9 +296,13 @@ async fn main() {
         m.per_second / h.per_second,
         m.per_second / p.per_second
     );
-    let handshakes =
-        metric(&admin_get(m_client_admin, "/metrics").1, "loopmesh_mtls_outbound_handshakes_total").unwrap_or(0.0);
-    println!("loopmesh mTLS handshakes so far: {handshakes:.0} (TLS 1.3 with session resumption between the pair)");
+    let text = admin_get(m_client_admin, "/metrics").1;
+    let handshakes = metric(&text, "loopmesh_mtls_outbound_handshakes_total").unwrap_or(0.0);
+    let resumed = metric(&text, "loopmesh_mtls_outbound_resumed_total").unwrap_or(0.0);
+    println!(
+        "loopmesh mTLS handshakes so far: {handshakes:.0}, of which {resumed:.0} ({:.0} %) resumed a TLS 1.3 session (no certificate exchange)",
+        resumed * 100.0 / handshakes.max(1.0)
+    );
 
     println!("\nheld-connection round trip through both proxies, 1 byte, 20,000 samples (us)");
     let (pp50, pp99) = round_trips(plain[1]).await;
