@@ -188,8 +188,11 @@ impl Active {
         if let Some(cfg) = clients.get(service) {
             return Some(cfg.clone());
         }
-        let verifier =
-            Arc::new(PeerIs { roots: c.roots.clone(), expected: spiffe_id(&self.mesh, service), provider: provider() });
+        let verifier = Arc::new(Verifier {
+            roots: c.roots.clone(),
+            check: Check::Peer(spiffe_id(&self.mesh, service)),
+            provider: provider(),
+        });
         let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .ok()?
@@ -214,37 +217,77 @@ impl Active {
     }
 }
 
-/// The outbound verifier: the chain to a mesh root, then the identity.
+/// The outbound verifier: the chain to a trusted root, then who the server
+/// is: a mesh peer's SPIFFE identity, or an external endpoint's names as its
+/// `spec.tls` says (whose mode may skip either check).
 #[derive(Debug)]
-struct PeerIs {
+struct Verifier {
     roots: Arc<RootCertStore>,
-    expected: String,
+    check: Check,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PeerIs {
-    fn verify_server_cert(
+#[derive(Debug)]
+enum Check {
+    /// A mesh peer: its certificate must name this SPIFFE ID.
+    Peer(String),
+    External(ExternalTls),
+}
+
+impl Verifier {
+    fn chain(
         &self,
-        end_entity: &CertificateDer<'_>,
+        parsed: &rustls::server::ParsedCertificate<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+    ) -> Result<(), rustls::Error> {
         rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
+            parsed,
             &self.roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
-        )?;
-        let info = inspect(end_entity).map_err(rustls::Error::General)?;
-        if info.identities.contains(&self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!("the peer is {:?}, not {}", info.identities, self.expected)))
+        )
+    }
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        match &self.check {
+            Check::Peer(expected) => {
+                self.chain(&parsed, intermediates, now)?;
+                let info = inspect(end_entity).map_err(rustls::Error::General)?;
+                if !info.identities.contains(expected) {
+                    return Err(rustls::Error::General(format!("the peer is {:?}, not {expected}", info.identities)));
+                }
+            }
+            Check::External(spec) => {
+                if spec.mode.checks_ca() {
+                    self.chain(&parsed, intermediates, now)?;
+                }
+                if spec.mode.checks_name() {
+                    if spec.subject_alt_names.is_empty() {
+                        rustls::client::verify_server_name(&parsed, server_name)?;
+                    } else {
+                        let names = san_names(end_entity);
+                        if !spec.subject_alt_names.iter().any(|m| names.iter().any(|n| m.matches(n))) {
+                            return Err(rustls::Error::General(format!(
+                                "the server's names {names:?} match no subjectAltNames"
+                            )));
+                        }
+                    }
+                }
+            }
         }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -307,7 +350,11 @@ impl ExternalOrigin {
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
-        let verifier = Arc::new(External { roots: Arc::new(roots), spec: spec.clone(), provider: provider.clone() });
+        let verifier = Arc::new(Verifier {
+            roots: Arc::new(roots),
+            check: Check::External(spec.clone()),
+            provider: provider.clone(),
+        });
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(|e| format!("tls.version: {e}"))?
@@ -334,72 +381,6 @@ impl ExternalOrigin {
     pub fn server_name(&self, host: &str, addr: std::net::SocketAddr) -> ServerName<'static> {
         let name = self.spec.server_name.as_deref().unwrap_or(host);
         ServerName::try_from(name.to_owned()).unwrap_or_else(|_| server_name(addr))
-    }
-}
-
-/// Kuma's verification modes for an external endpoint.
-#[derive(Debug)]
-struct External {
-    roots: Arc<RootCertStore>,
-    spec: ExternalTls,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for External {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        let mode = self.spec.mode;
-        if mode.checks_ca() {
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                &self.roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        if mode.checks_name() {
-            if self.spec.subject_alt_names.is_empty() {
-                rustls::client::verify_server_name(&parsed, server_name)?;
-            } else {
-                let names = san_names(end_entity);
-                if !self.spec.subject_alt_names.iter().any(|m| names.iter().any(|n| m.matches(n))) {
-                    return Err(rustls::Error::General(format!(
-                        "the server's names {names:?} match no subjectAltNames"
-                    )));
-                }
-            }
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -136,6 +136,28 @@ async fn round_trip(at: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Service `echo` with the VIP task-events would have allocated, and one
+/// task's endpoint at `address`:15000.
+async fn echo_service(client: &aws_sdk_dynamodb::Client, table: &str, vip: &str, task: &str, address: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
+    use loopmesh_shared::store::keys;
+    client
+        .put_item()
+        .table_name(table)
+        .item("pk", S(keys::mesh_pk(MESH)))
+        .item("sk", S(keys::service_sk(loopmesh_shared::vip::ServiceKind::Service, "echo")))
+        .item("name", S("echo".into()))
+        .item("mesh", S(MESH.into()))
+        .item("vip", S(vip.into()))
+        .item("assigned_at", N("1".into()))
+        .send()
+        .await
+        .unwrap();
+    let registered =
+        DynamoRegistry::new(client.clone(), table).register(&one_endpoint(MESH, "echo", task, address)).await;
+    assert!(matches!(registered, Ok(loopmesh_shared::registration::WriteOutcome::Applied)), "{registered:?}");
+}
+
 fn permission(name: &str, target: &str, from: &str, action: &str) -> String {
     format!(
         "type: MeshTrafficPermission\nname: {name}\nmesh: {MESH}\nspec:\n  targetRef: {target}\n  from:\n  - targetRef: {from}\n    default:\n      action: {action}\n"
@@ -242,24 +264,7 @@ async fn sidecars_speak_mtls_strict_refuses_plain_and_permissive_takes_both() {
     let app = echo_app().await;
     let inbound: SocketAddr = "127.0.0.41:15000".parse().unwrap();
     let wire = tap("127.0.0.43:15000", inbound).await;
-    // The service with the VIP task-events would have allocated, then the task's endpoint.
-    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
-    use loopmesh_shared::store::keys;
-    client
-        .put_item()
-        .table_name(&table)
-        .item("pk", S(keys::mesh_pk(MESH)))
-        .item("sk", S(keys::service_sk(loopmesh_shared::vip::ServiceKind::Service, "echo")))
-        .item("name", S("echo".into()))
-        .item("mesh", S(MESH.into()))
-        .item("vip", S("127.1.0.77".into()))
-        .item("assigned_at", N("1".into()))
-        .send()
-        .await
-        .unwrap();
-    let registered =
-        DynamoRegistry::new(client.clone(), &table).register(&one_endpoint(MESH, "echo", "echo1", "127.0.0.43")).await;
-    assert!(matches!(registered, Ok(loopmesh_shared::registration::WriteOutcome::Applied)), "{registered:?}");
+    echo_service(&client, &table, "127.1.0.77", "echo1", "127.0.0.43").await;
 
     let echo_admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     let web_admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
@@ -401,24 +406,7 @@ async fn ca_rotation_under_traffic_resets_nothing() {
     let (_, echo_keys) = task_role(&[(TYPE_TAG, "dataplane"), (MESH_TAG, MESH), (SERVICE_TAG, "echo")]).await;
     let (_, web_keys) = task_role(&[(TYPE_TAG, "dataplane"), (MESH_TAG, MESH), (SERVICE_TAG, "web")]).await;
     let app = echo_app().await;
-    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
-    use loopmesh_shared::store::keys;
-    client
-        .put_item()
-        .table_name(&table)
-        .item("pk", S(keys::mesh_pk(MESH)))
-        .item("sk", S(keys::service_sk(loopmesh_shared::vip::ServiceKind::Service, "echo")))
-        .item("name", S("echo".into()))
-        .item("mesh", S(MESH.into()))
-        .item("vip", S("127.1.0.78".into()))
-        .item("assigned_at", N("1".into()))
-        .send()
-        .await
-        .unwrap();
-    DynamoRegistry::new(client.clone(), &table)
-        .register(&one_endpoint(MESH, "echo", "echo2", "127.0.0.51"))
-        .await
-        .unwrap();
+    echo_service(&client, &table, "127.1.0.78", "echo2", "127.0.0.51").await;
     let echo_admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     let web_admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     let _echo = sidecar(&table, &dataplane("echo", "127.0.0.51", app), &echo_keys, &lambda, echo_admin, false);

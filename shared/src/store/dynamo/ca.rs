@@ -108,19 +108,6 @@ impl CaStore for DynamoCaStore {
         let pk = keys::proof_pk(signature);
         let mut item = key(pk.clone(), pk);
         item.insert(attr::EXPIRES_AT.into(), n(secs(until)));
-        let out = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", keys::PK)
-            .send()
-            .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
-            Err(e) => Err(sdk_error("PutItem", &self.table, e)),
-        }
+        super::put_if_absent(&self.client, &self.table, item).await
     }
 }

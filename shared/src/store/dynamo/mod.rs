@@ -250,6 +250,23 @@ pub(crate) fn view_changed(
     Ok(items)
 }
 
+/// Writes `item` unless one with its key exists; `false` when one did.
+pub(crate) async fn put_if_absent(client: &Client, table: &str, item: Item) -> Result<bool, StoreError> {
+    let out = client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(#pk)")
+        .expression_attribute_names("#pk", super::keys::PK)
+        .send()
+        .await;
+    match out {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+        Err(e) => Err(sdk_error("PutItem", table, e)),
+    }
+}
+
 /// Bumps the DNS state's generation so dns-sync runs, and adds `mesh` to
 /// the meshes it reads services from.
 pub(crate) fn bump_dns(

@@ -277,22 +277,11 @@ impl Registry for DynamoRegistry {
             (attr::EXPIRES_AT.into(), n(now + STOPPED_RETENTION)),
             (attr::UPDATED_AT.into(), n(now)),
         ]);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", keys::PK)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(WriteOutcome::Applied),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(WriteOutcome::Stale)
-            }
-            Err(e) => Err(sdk_error("PutItem", &self.table, e)),
-        }
+        Ok(if super::put_if_absent(&self.client, &self.table, item).await? {
+            WriteOutcome::Applied
+        } else {
+            WriteOutcome::Stale
+        })
     }
 
     async fn record_refusal(&self, r: &RefusalRecord) -> Result<(), StoreError> {
