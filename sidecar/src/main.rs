@@ -111,6 +111,10 @@ struct RunArgs {
     /// certificate when its mesh enables mTLS.
     #[arg(long, env = "LOOPMESH_ISSUER_FUNCTION")]
     issuer: Option<String>,
+    /// Resume TLS 1.3 sessions with peer sidecars (`false` makes every
+    /// mTLS connection a full handshake; for measuring what resumption buys).
+    #[arg(long, env = "LOOPMESH_SIDECAR_TLS_RESUMPTION", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_resumption: bool,
     /// For a control-plane server; loopmesh has none.
     #[arg(long, hide = true)]
     cp_address: Option<String>,
@@ -295,6 +299,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         None => None,
     };
+    listeners.mtls.set_resumption(args.tls_resumption);
     let keeper = tokio::spawn(loopmesh_sidecar::certs::keep(
         issuer,
         services,

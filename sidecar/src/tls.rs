@@ -92,6 +92,7 @@ pub struct Active {
     pub mode: MtlsMode,
     tls: Option<Configs>,
     permissions: Vec<MeshTrafficPermission>,
+    resumption: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +109,8 @@ struct Configs {
 pub struct Mtls {
     active: ArcSwapOption<Active>,
     pub stats: MtlsStats,
+    /// Outbound connections skip resumption of TLS 1.3 sessions (for measuring what it buys).
+    no_resumption: std::sync::atomic::AtomicBool,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -115,6 +118,11 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 impl Mtls {
+    /// Whether outbound connections resume TLS 1.3 sessions (the default).
+    pub fn set_resumption(&self, on: bool) {
+        self.no_resumption.store(!on, Ordering::Relaxed);
+    }
+
     pub fn active(&self) -> Option<Arc<Active>> {
         self.active.load_full()
     }
@@ -161,7 +169,8 @@ impl Mtls {
                 Some(Configs { server: Arc::new(server), roots, identity, clients: Mutex::default() })
             }
         };
-        self.active.store(Some(Arc::new(Active { mesh: mesh.to_owned(), mode, tls, permissions })));
+        let resumption = !self.no_resumption.load(Ordering::Relaxed);
+        self.active.store(Some(Arc::new(Active { mesh: mesh.to_owned(), mode, tls, permissions, resumption })));
         Ok(())
     }
 }
@@ -201,6 +210,9 @@ impl Active {
             .with_client_auth_cert(c.identity.chain.clone(), key(&c.identity))
             .ok()?;
         cfg.enable_sni = false;
+        if !self.resumption {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
         let cfg = Arc::new(cfg);
         clients.insert(service.to_owned(), cfg.clone());
         Some(cfg)
