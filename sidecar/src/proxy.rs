@@ -146,17 +146,24 @@ async fn accept_inbound(client: TcpStream, active: &Active, stats: &MtlsStats, r
                 let decision = decide(active.permissions(), &route.inbound_tags, &peer);
                 match &decision {
                     Decision::Allow { .. } => {}
+                    // Logged at counts 1, 2, 4, 8, ... per source.
                     Decision::ShadowDeny { policy } => {
-                        stats.denied(&peer, true);
-                        tracing::info!(%listen, service = %route.service, source = %peer, policy, "would be denied (AllowWithShadowDeny): allowed");
+                        let count = stats.denied(&peer, true);
+                        if count.is_power_of_two() {
+                            tracing::info!(%listen, service = %route.service, source = %peer, policy, count, "would be denied (AllowWithShadowDeny): allowed");
+                        }
                     }
                     Decision::Deny { policy } => {
-                        stats.denied(&peer, false);
-                        tracing::warn!(%listen, service = %route.service, source = %peer, policy, "connection denied by MeshTrafficPermission");
+                        let count = stats.denied(&peer, false);
+                        if count.is_power_of_two() {
+                            tracing::warn!(%listen, service = %route.service, source = %peer, policy, count, "connection denied by MeshTrafficPermission");
+                        }
                     }
                     Decision::NoPolicy => {
-                        stats.denied(&peer, false);
-                        tracing::warn!(%listen, service = %route.service, source = %peer, "connection denied: no MeshTrafficPermission allows it");
+                        let count = stats.denied(&peer, false);
+                        if count.is_power_of_two() {
+                            tracing::warn!(%listen, service = %route.service, source = %peer, count, "connection denied: no MeshTrafficPermission allows it");
+                        }
                     }
                 }
                 decision.allows().then(|| Stream::Tls(Box::new(stream.into())))

@@ -55,16 +55,16 @@ impl MtlsStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One denial (or shadow denial) of a connection from `source`.
-    pub fn denied(&self, source: &str, shadow: bool) {
+    /// One denial (or shadow denial) of a connection from `source`; the
+    /// count so far for that source, so callers can log the 1st, 2nd, 4th,
+    /// 8th ... and a denial storm does not flood the log.
+    pub fn denied(&self, source: &str, shadow: bool) -> u64 {
         let mut d = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
         let key = if d.len() >= MAX_SOURCES && !d.contains_key(source) { "_other" } else { source };
         let entry = d.entry(key.to_owned()).or_default();
-        if shadow {
-            entry.1 += 1;
-        } else {
-            entry.0 += 1;
-        }
+        let count = if shadow { &mut entry.1 } else { &mut entry.0 };
+        *count += 1;
+        *count
     }
 
     /// (source, denied, shadow-denied) for `/metrics`.

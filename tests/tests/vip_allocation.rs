@@ -36,8 +36,9 @@ async fn two_hundred_concurrent_services_get_two_hundred_distinct_vips() {
         vips.insert(vip);
     }
     assert_eq!(vips.len(), 200);
-    // Each service item and each lease exactly once: nothing doubled, nothing stray.
-    assert_eq!(item_count(&dynamo_client().await, &table).await, 400);
+    // Each service item and each lease exactly once, and the DNS state:
+    // nothing doubled, nothing stray.
+    assert_eq!(item_count(&dynamo_client().await, &table).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -56,7 +57,8 @@ async fn one_identity_allocated_concurrently_gets_one_vip() {
         vips.insert(t.await.unwrap().unwrap());
     }
     assert_eq!(vips.len(), 1, "{vips:?}");
-    assert_eq!(item_count(&dynamo_client().await, &table).await, 2);
+    // The service, its lease and the DNS state.
+    assert_eq!(item_count(&dynamo_client().await, &table).await, 3);
 }
 
 #[tokio::test]
@@ -121,4 +123,22 @@ async fn stored_vips_outside_a_changed_cidr_keep_working() {
     let new = pool("127.5.0.0/16");
     assert_eq!(allocate(&ledger, &new, &key("redis"), 0).await.unwrap().vip, old);
     assert!(new.contains(allocate(&ledger, &new, &key("web"), 0).await.unwrap().vip));
+}
+
+/// A task-events run that claims a VIP and dies before its registration
+/// must not leave the name unpublished for good: the claim itself records
+/// the mesh in the DNS state and moves its generation (found by the chaos
+/// test: the next run finds the VIP assigned and changes no DNS state).
+#[tokio::test]
+async fn claiming_a_vip_tells_dns_sync_in_the_same_transaction() {
+    use loopmesh_shared::dns::sync::DnsStore;
+    let client = dynamo_client().await;
+    let table = fresh_table(&client, "vip-dns").await;
+    let ledger = DynamoVipLedger::new(client.clone(), &table);
+    let store = loopmesh_shared::store::dynamo::DynamoDnsStore::new(client, &table);
+    let before = store.state().await.unwrap();
+    allocate(&ledger, &pool("127.1.0.0/16"), &key("orders"), 1_800_000_000).await.unwrap();
+    let after = store.state().await.unwrap();
+    assert!(after.meshes.contains(&key("orders").mesh), "{:?}", after.meshes);
+    assert!(after.generation > before.generation, "dns-sync is told: {} -> {}", before.generation, after.generation);
 }

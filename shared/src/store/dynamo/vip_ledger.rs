@@ -192,8 +192,16 @@ impl VipLedger for DynamoVipLedger {
             .expression_attribute_values(":now", n(now))
             .build()
             .map_err(|e| self.build_err(e))?;
-        let items =
-            vec![TransactWriteItem::builder().put(put).build(), TransactWriteItem::builder().update(update).build()];
+        // The service gains a VIP, so its name must be published: the DNS
+        // state records the mesh and moves on in the same transaction. A
+        // task-events run that dies right after (before its registration)
+        // leaves nothing for the next one to redo: that one finds the VIP
+        // already assigned, and the mesh already in the DNS state.
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(update).build(),
+            super::bump_dns(&self.table, Some(&key.mesh), now)?,
+        ];
         Ok(match self.transact("TransactWriteItems (claim VIP)", items).await? {
             None => Claim::Won,
             Some([_, true]) => Claim::AlreadyAssigned,
