@@ -39,7 +39,7 @@ ensure_sam() {
   rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
 }
 
-# `sam build` as the README's deploy command runs it: the three functions
+# `sam build` as the README's deploy command runs it: every function of the template
 # for provided.al2023 on arm64, cross-compiled by cargo-lambda with zig.
 sam_build() {
   ensure_sam
