@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
-use loopmesh_shared::model::MeshTrafficPermission;
+use loopmesh_shared::model::{MeshTrafficPermission, MtlsMode};
 use loopmesh_shared::mtls::proof::SigningKeys;
 use loopmesh_shared::mtls::{IssueRequest, Issued, inspect, pem_certificates, renew_at};
 use rustls::pki_types::CertificateDer;
@@ -108,7 +108,7 @@ const PREPARE_SPREAD: Duration = Duration::from_secs(20);
 
 /// What was last installed: mesh, mode, trusted roots (PEM), the key held
 /// and the permissions.
-type Installed = (String, String, Vec<String>, Option<Vec<u8>>, Vec<MeshTrafficPermission>);
+type Installed = (String, MtlsMode, Vec<String>, Option<Vec<u8>>, Vec<MeshTrafficPermission>);
 
 /// Keeps `mtls` in line with the view's mesh settings until `stop`: gets
 /// and renews the certificate, installs it with the roots.
@@ -211,7 +211,7 @@ pub async fn keep(
                     .collect();
                 let wanted = (
                     want.mesh.clone(),
-                    format!("{:?}", want.mode),
+                    want.mode,
                     trust,
                     held.as_ref().map(|h| h.identity.key_der.clone()),
                     want.permissions.clone(),

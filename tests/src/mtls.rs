@@ -13,6 +13,25 @@ use crate::{Server, sdk_config, serve_http, unique};
 /// The account moto answers for.
 pub const ACCOUNT: &str = "123456789012";
 
+/// A `kuma.io/service` service of `mesh` holding `vip`, as task-events'
+/// allocation leaves it before the first registration.
+pub async fn service_with_vip(client: &aws_sdk_dynamodb::Client, table: &str, mesh: &str, name: &str, vip: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
+    use loopmesh_shared::store::keys;
+    client
+        .put_item()
+        .table_name(table)
+        .item("pk", S(keys::mesh_pk(mesh)))
+        .item("sk", S(keys::service_sk(loopmesh_shared::vip::ServiceKind::Service, name)))
+        .item("name", S(name.into()))
+        .item("mesh", S(mesh.into()))
+        .item("vip", S(vip.into()))
+        .item("assigned_at", N("1".into()))
+        .send()
+        .await
+        .expect("put the service item");
+}
+
 /// A new asymmetric P-256 signing key in the emulator's KMS.
 pub async fn kms_key() -> String {
     use aws_sdk_kms::types::{KeySpec, KeyUsageType};

@@ -19,7 +19,7 @@ use loopmesh_shared::registration::Registry;
 use loopmesh_shared::store::dynamo::DynamoCaStore;
 use loopmesh_shared::store::dynamo::DynamoRegistry;
 use loopmesh_tests::ecs::one_endpoint;
-use loopmesh_tests::mtls::{apply_resource, builtin_mesh, issuer, kms_key, serve_issuer, task_role};
+use loopmesh_tests::mtls::{apply_resource, builtin_mesh, issuer, kms_key, serve_issuer, service_with_vip, task_role};
 use loopmesh_tests::process::{ChildGuard, admin_get, eventually, free_port, metric, workspace_binary};
 use loopmesh_tests::{dynamo_client, fresh_table};
 use rustls::pki_types::CertificateDer;
@@ -139,20 +139,7 @@ async fn round_trip(at: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
 /// Service `echo` with the VIP task-events would have allocated, and one
 /// task's endpoint at `address`:15000.
 async fn echo_service(client: &aws_sdk_dynamodb::Client, table: &str, vip: &str, task: &str, address: &str) {
-    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
-    use loopmesh_shared::store::keys;
-    client
-        .put_item()
-        .table_name(table)
-        .item("pk", S(keys::mesh_pk(MESH)))
-        .item("sk", S(keys::service_sk(loopmesh_shared::vip::ServiceKind::Service, "echo")))
-        .item("name", S("echo".into()))
-        .item("mesh", S(MESH.into()))
-        .item("vip", S(vip.into()))
-        .item("assigned_at", N("1".into()))
-        .send()
-        .await
-        .unwrap();
+    service_with_vip(client, table, MESH, "echo", vip).await;
     let registered =
         DynamoRegistry::new(client.clone(), table).register(&one_endpoint(MESH, "echo", task, address)).await;
     assert!(matches!(registered, Ok(loopmesh_shared::registration::WriteOutcome::Applied)), "{registered:?}");

@@ -23,9 +23,8 @@ use loopmesh_bench::*;
 use loopmesh_shared::identity::{MESH_TAG, TYPE_TAG};
 use loopmesh_shared::registration::{Endpoint, Registration, Registry, ServiceUpsert};
 use loopmesh_shared::store::dynamo::DynamoRegistry;
-use loopmesh_shared::store::keys;
 use loopmesh_shared::vip::{ServiceKey, ServiceKind};
-use loopmesh_tests::mtls::{apply_resource, builtin_mesh, issuer, kms_key, serve_issuer, task_role};
+use loopmesh_tests::mtls::{apply_resource, builtin_mesh, issuer, kms_key, serve_issuer, service_with_vip, task_role};
 use loopmesh_tests::process::{ChildGuard, admin_get, metric, workspace_binary};
 
 const MESH: &str = "bench";
@@ -62,7 +61,6 @@ fn sidecar(template: &str, extra: &[&str], env: &[(&str, String)]) -> (ChildGuar
 
 /// The service items (with VIPs) and endpoints of the server's inbounds, as task-events writes them.
 async fn register(client: &aws_sdk_dynamodb::Client, table: &str, address: Ipv4Addr, vips: &[Ipv4Addr]) {
-    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
     let task_arn = "arn:aws:ecs:us-east-1:123456789012:task/bench/server".to_owned();
     let mut reg = Registration {
         task_arn: task_arn.clone(),
@@ -79,18 +77,7 @@ async fn register(client: &aws_sdk_dynamodb::Client, table: &str, address: Ipv4A
     };
     for (i, vip) in vips.iter().enumerate() {
         let service = format!("server-{i}");
-        client
-            .put_item()
-            .table_name(table)
-            .item("pk", S(keys::mesh_pk(MESH)))
-            .item("sk", S(keys::service_sk(ServiceKind::Service, &service)))
-            .item("name", S(service.clone()))
-            .item("mesh", S(MESH.into()))
-            .item("vip", S(vip.to_string()))
-            .item("assigned_at", N("1".into()))
-            .send()
-            .await
-            .unwrap();
+        service_with_vip(client, table, MESH, &service, &vip.to_string()).await;
         reg.endpoints.push(Endpoint {
             service: service.clone(),
             address: address.to_string(),

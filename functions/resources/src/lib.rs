@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use loopmesh_shared::config::Pools;
 use loopmesh_shared::model::{ResourceKind, parse_one};
 use loopmesh_shared::resources::home_mesh;
@@ -164,14 +162,7 @@ async fn act(ctx: &Context, request: &Request) -> Result<(String, Value), String
 /// PUTs the answer to the pre-signed URL, retrying transient failures.
 pub async fn respond(url: &str, response: &Response) -> Result<(), String> {
     let body = serde_json::to_vec(response).map_err(|e| e.to_string())?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider)
-        .map_err(|e| format!("TLS roots: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
+    let client = loopmesh_shared::aws::https_client::<Full<Bytes>>().map_err(|e| e.to_string())?;
     // A 4xx is final (the URL expired or is wrong); no answer or a 5xx is retried.
     let attempt = || async {
         // S3 pre-signed URLs are signed without a content type: send none.

@@ -47,32 +47,28 @@ impl DynamoCaStore {
         Self { client, table: table.into() }
     }
 
-    async fn root(&self, mesh: &str, backend: &str) -> Result<Option<StoredRoot>, StoreError> {
+    /// One item of the mesh's partition, read consistently.
+    async fn item(&self, mesh: &str, sk: String) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(keys::mesh_pk(mesh), keys::root_sk(backend))))
+            .set_key(Some(key(keys::mesh_pk(mesh), sk)))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| sdk_error("GetItem", &self.table, e))?;
-        Ok(out.item().and_then(root_from_item))
+        Ok(out.item)
+    }
+
+    async fn root(&self, mesh: &str, backend: &str) -> Result<Option<StoredRoot>, StoreError> {
+        Ok(self.item(mesh, keys::root_sk(backend)).await?.as_ref().and_then(root_from_item))
     }
 }
 
 impl CaStore for DynamoCaStore {
     async fn mesh(&self, mesh: &str) -> Result<Option<Mesh>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(keys::mesh_pk(mesh), keys::mesh_resource_sk(mesh))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetItem", &self.table, e))?;
-        out.item().map(|i| mesh_from_item(mesh, i)).transpose()
+        self.item(mesh, keys::mesh_resource_sk(mesh)).await?.map(|i| mesh_from_item(mesh, &i)).transpose()
     }
 
     async fn roots(&self, mesh: &str) -> Result<Vec<StoredRoot>, StoreError> {
