@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Labels;
+use crate::model::{Labels, Protocol};
 use crate::vip::ServiceKind;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +67,10 @@ pub struct Outbound {
     /// TLS the sidecar originates to the endpoints (a MeshExternalService's `spec.tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::model::ExternalTls>,
+    /// `http`, `http2` and `grpc` outbounds balance each request; `tcp` (the
+    /// default) each connection.
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
 }
 
 /// Where a connection may go: `ip:port`, or `name:port` for a
@@ -146,6 +150,9 @@ pub struct ServiceEntry {
     pub targets: std::collections::BTreeMap<u16, u16>,
     /// A MeshExternalService's TLS origination.
     pub tls: Option<crate::model::ExternalTls>,
+    /// Each port's `appProtocol` (MeshService, MeshMultiZoneService) or the
+    /// match's protocol (MeshExternalService).
+    pub protocols: BTreeMap<u16, Protocol>,
 }
 
 /// An endpoint row: one task's inbound for `service`.
@@ -158,6 +165,8 @@ pub struct EndpointEntry {
     pub zone: Option<String>,
     /// The task it belongs to (for operators; the sidecar does not need it).
     pub task_arn: Option<String>,
+    /// The inbound's `kuma.io/protocol`.
+    pub protocol: Protocol,
 }
 
 /// The view of one mesh. A `kuma.io/service` service listens on the shared
@@ -183,20 +192,32 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
     for s in services {
         let Some(vip) = s.vip else { continue };
         let kind = Some(s.kind.code().to_owned());
-        let mut push = |port: u16, mut endpoints: Vec<Endpoint>| {
+        let mut push = |port: u16, mut endpoints: Vec<Endpoint>, protocol: Protocol| {
             endpoints.sort();
             endpoints.dedup();
             let tls = s.tls.clone();
-            outbounds.push(Outbound { service: s.name.clone(), kind: kind.clone(), vip, port, endpoints, tls });
+            outbounds.push(Outbound {
+                service: s.name.clone(),
+                kind: kind.clone(),
+                vip,
+                port,
+                endpoints,
+                tls,
+                protocol,
+            });
         };
+        let declared = |port: u16| s.protocols.get(&port).copied().unwrap_or_default();
         match s.kind {
             ServiceKind::Service => {
-                push(vip_port, by_service.get(s.name.as_str()).into_iter().flatten().map(|e| endpoint(e)).collect())
+                let inbounds = by_service.get(s.name.as_str()).map(Vec::as_slice).unwrap_or_default();
+                // The protocol every inbound speaks (Kuma's InferServiceProtocol).
+                let protocol = inbounds.iter().map(|e| e.protocol).reduce(Protocol::common).unwrap_or_default();
+                push(vip_port, inbounds.iter().map(|e| endpoint(e)).collect(), protocol)
             }
             ServiceKind::MeshService => {
                 let backing = crate::resources::backing_service(&s.name, &s.match_labels);
                 for &port in &s.ports {
-                    push(port, of_port(backing, s.targets.get(&port).copied().unwrap_or(port)));
+                    push(port, of_port(backing, s.targets.get(&port).copied().unwrap_or(port)), declared(port));
                 }
             }
             ServiceKind::MeshMultiZoneService => {
@@ -215,6 +236,7 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
                                 of_port(crate::resources::backing_service(&m.name, &m.match_labels), target)
                             })
                             .collect(),
+                        declared(port),
                     );
                 }
             }
@@ -222,7 +244,7 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
                 let external: Vec<Endpoint> =
                     s.external.iter().map(|a| Endpoint { address: a.clone(), zone: None, identity: None }).collect();
                 for &port in &s.ports {
-                    push(port, external.clone());
+                    push(port, external.clone(), declared(port));
                 }
             }
         }
@@ -283,7 +305,25 @@ mod tests {
             match_labels: Labels::new(),
             targets: std::collections::BTreeMap::new(),
             tls: None,
+            protocols: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn an_outbound_speaks_what_its_inbounds_or_ports_declare() {
+        let with = |protocol| EndpointEntry { protocol, ..ep("api", "10.0.0.1", 5000, 5000) };
+        let second = |protocol| EndpointEntry { protocol, ..ep("api", "10.0.0.2", 5000, 5000) };
+        let service = svc(ServiceKind::Service, "api", [127, 1, 0, 2], &[]);
+        let of = |a, b| build(1, std::slice::from_ref(&service), &[with(a), second(b)], 8080).outbounds[0].protocol;
+        assert_eq!(of(Protocol::Grpc, Protocol::Grpc), Protocol::Grpc);
+        assert_eq!(of(Protocol::Grpc, Protocol::Http2), Protocol::Http2, "Kuma's common protocol");
+        assert_eq!(of(Protocol::Http, Protocol::Tcp), Protocol::Tcp, "one TCP inbound makes the service TCP");
+        let mut ms = svc(ServiceKind::MeshService, "api", [127, 4, 0, 2], &[5000, 5001]);
+        ms.protocols.insert(5000, Protocol::Http);
+        let v = build(1, &[ms], &[], 8080);
+        assert_eq!((v.outbounds[0].protocol, v.outbounds[1].protocol), (Protocol::Http, Protocol::Tcp));
+        let json = serde_json::to_string(&v.outbounds[1]).unwrap();
+        assert!(!json.contains("protocol"), "tcp is left out of the JSON: {json}");
     }
 
     #[test]
@@ -306,6 +346,7 @@ mod tests {
             service_port,
             zone: None,
             task_arn: None,
+            protocol: Protocol::Tcp,
         }
     }
 

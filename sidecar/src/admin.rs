@@ -131,6 +131,7 @@ impl Admin {
                 }
             }
         }
+        http_metrics(&mut out, &outbounds);
         let s = &self.status;
         let m = &self.listeners.mtls.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -368,6 +369,111 @@ impl Admin {
 }
 
 /// A label value as the text format wants it.
+/// The request-level series of HTTP outbounds (`loopmesh_http_*`).
+fn http_metrics(out: &mut String, outbounds: &[Arc<Route>]) {
+    use crate::http::stats::{BUCKETS_MS, LocalReason};
+    let http: Vec<(&Arc<Route>, Arc<crate::http::HttpOutbound>)> =
+        outbounds.iter().filter_map(|r| Some((r, r.http.load_full()?))).collect();
+    if http.is_empty() {
+        return;
+    }
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let labels = |r: &Route, h: &crate::http::HttpOutbound| {
+        format!("service=\"{}\",listener=\"{}\",protocol=\"{}\"", escape(&r.service), r.listen, h.protocol.as_str())
+    };
+    let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, String)>| {
+        let _ = writeln!(out, "# HELP loopmesh_http_{name} {help}");
+        let _ = writeln!(out, "# TYPE loopmesh_http_{name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "loopmesh_http_{name}{{{labels}}} {value}");
+        }
+    };
+    family(
+        "requests_total",
+        "counter",
+        "responses to the application, by status class (the sidecar's own included)",
+        &mut http.iter().flat_map(|(r, h)| {
+            (0..5).map(move |i| {
+                (format!("{},class=\"{}xx\"", labels(r, h), i + 1), load(&h.stats.by_class[i]).to_string())
+            })
+        }),
+    );
+    family(
+        "requests_active",
+        "gauge",
+        "requests sent to an endpoint whose response has not ended",
+        &mut http.iter().map(|(r, h)| {
+            let outstanding: usize =
+                r.balancer.load().endpoints().iter().map(|e| e.active.load(Ordering::Relaxed)).sum();
+            (labels(r, h), outstanding.to_string())
+        }),
+    );
+    family(
+        "retries_total",
+        "counter",
+        "requests sent again after a failed attempt",
+        &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.retries).to_string())),
+    );
+    family(
+        "timeouts_total",
+        "counter",
+        "requests ended by the request timeout",
+        &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.timeouts).to_string())),
+    );
+    family(
+        "local_replies_total",
+        "counter",
+        "responses the sidecar made itself, by reason (x-loopmesh-reason)",
+        &mut http.iter().flat_map(|(r, h)| {
+            LocalReason::ALL.iter().enumerate().map(move |(i, reason)| {
+                (format!("{},reason=\"{}\"", labels(r, h), reason.as_str()), load(&h.stats.local[i]).to_string())
+            })
+        }),
+    );
+    family(
+        "ejections_total",
+        "counter",
+        "endpoints ejected, by reason: consecutive 5xx answers or connect failures",
+        &mut http.iter().flat_map(|(r, h)| {
+            [("5xx", load(&h.stats.ejections_5xx)), ("connect", load(&r.stats.ejections))]
+                .into_iter()
+                .map(move |(reason, n)| (format!("{},reason=\"{reason}\"", labels(r, h)), n.to_string()))
+        }),
+    );
+    family(
+        "upgrades_total",
+        "counter",
+        "Upgrade and CONNECT requests carried as bytes",
+        &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.upgrades).to_string())),
+    );
+    family(
+        "upstream_connections",
+        "gauge",
+        "connections to endpoints open now (pooled or in use)",
+        &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.pool.open).to_string())),
+    );
+    family(
+        "upstream_connections_idle",
+        "gauge",
+        "HTTP/1.1 connections to endpoints waiting for a request",
+        &mut http.iter().map(|(r, h)| (labels(r, h), h.pool.idle().to_string())),
+    );
+    let _ = writeln!(out, "# HELP loopmesh_http_request_duration_seconds request start to response end, per outbound");
+    let _ = writeln!(out, "# TYPE loopmesh_http_request_duration_seconds histogram");
+    for (r, h) in &http {
+        let labels = labels(r, h);
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS_MS.iter().enumerate() {
+            cumulative += load(&h.stats.latency[i]);
+            let le = if bound.is_infinite() { "+Inf".to_owned() } else { format!("{}", bound / 1000.0) };
+            let _ = writeln!(out, "loopmesh_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = load(&h.stats.latency_sum_us) as f64 / 1e6;
+        let _ = writeln!(out, "loopmesh_http_request_duration_seconds_sum{{{labels}}} {sum:.6}");
+        let _ = writeln!(out, "loopmesh_http_request_duration_seconds_count{{{labels}}} {cumulative}");
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -14,6 +14,9 @@ use crate::view::{Endpoint, split_host_port};
 
 /// Consecutive connect failures that eject an endpoint.
 pub const EJECT_AFTER: u32 = 3;
+/// Consecutive 5xx answers (gateway errors, resets and timeouts of an HTTP
+/// outbound included) that eject an endpoint: Envoy's `consecutive_5xx`.
+pub const EJECT_AFTER_5XX: u32 = 5;
 const BASE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
@@ -47,6 +50,8 @@ pub struct EndpointState {
     /// Open connections: the least-connections signal.
     pub active: AtomicUsize,
     failures: AtomicU32,
+    /// Consecutive 5xx answers (HTTP outbounds).
+    server_errors: AtomicU32,
     /// Nanoseconds after the balancer's `epoch` until which the endpoint is
     /// ejected (0: never ejected). Atomic so the per-connection pick takes no lock.
     ejected_until: AtomicU64,
@@ -86,6 +91,7 @@ impl Balancer {
                     identity: e.identity.clone(),
                     active: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
+                    server_errors: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                     ejections: AtomicU32::new(0),
                 }))
@@ -140,10 +146,28 @@ impl Balancer {
 
     /// Counts a connect failure; returns true when it ejected the endpoint.
     pub fn failed(&self, i: usize, now: Instant) -> bool {
-        let e = &self.endpoints[i];
-        if e.failures.fetch_add(1, Ordering::Relaxed) + 1 < EJECT_AFTER {
+        if self.endpoints[i].failures.fetch_add(1, Ordering::Relaxed) + 1 < EJECT_AFTER {
             return false;
         }
+        self.eject(i, now)
+    }
+
+    /// Counts an HTTP answer: a 5xx (or a reset or timeout standing for one)
+    /// or not. Returns true when it ejected the endpoint.
+    pub fn answered(&self, i: usize, server_error: bool, now: Instant) -> bool {
+        let e = &self.endpoints[i];
+        if !server_error {
+            e.server_errors.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if e.server_errors.fetch_add(1, Ordering::Relaxed) + 1 < EJECT_AFTER_5XX {
+            return false;
+        }
+        self.eject(i, now)
+    }
+
+    fn eject(&self, i: usize, now: Instant) -> bool {
+        let e = &self.endpoints[i];
         let ejected_now = (0..self.endpoints.len()).filter(|o| !self.healthy(*o, now)).count();
         if (ejected_now + 1) * 2 > self.endpoints.len().max(1) {
             return false; // never more than half ejected: better a slow pool than none
@@ -152,6 +176,7 @@ impl Balancer {
         let span = (BASE_EJECTION * 2u32.saturating_pow(times.min(6))).min(MAX_EJECTION);
         e.ejected_until.store(self.since_epoch(now + span), Ordering::Relaxed);
         e.failures.store(0, Ordering::Relaxed);
+        e.server_errors.store(0, Ordering::Relaxed);
         true
     }
 }
@@ -192,6 +217,21 @@ mod tests {
         assert_eq!(ejections(&b), 1, "one of two is half: the second stays");
         let b = Balancer::new(&eps(&["a", "a", "a", "a"]), None);
         assert_eq!(ejections(&b), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_server_errors_eject_and_a_success_resets_the_count() {
+        let b = Balancer::new(&eps(&["a", "a", "a"]), None);
+        let now = Instant::now();
+        for _ in 0..EJECT_AFTER_5XX - 1 {
+            assert!(!b.answered(0, true, now));
+        }
+        assert!(!b.answered(0, false, now), "a good answer starts the count again");
+        for _ in 0..EJECT_AFTER_5XX - 1 {
+            assert!(!b.answered(0, true, now));
+        }
+        assert!(b.answered(0, true, now), "the 5th in a row ejects");
+        assert!((0..50).all(|_| b.pick(&[], now) != Some(0)));
     }
 
     #[test]

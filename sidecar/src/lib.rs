@@ -10,6 +10,8 @@
 //!   restart (add, drain, swap endpoints).
 //! - [`balance`]: which endpoint a new connection goes to: least connections
 //!   by power of two choices, own availability zone first, passive health.
+//! - [`http`]: `http`, `http2` and `grpc` outbounds, balanced per request,
+//!   with timeouts, retries and local replies.
 //! - [`proxy`]: one accept loop per listener, the connect with retries and
 //!   timeouts, the idle timeout; [`pump`]: moving bytes (splice on Linux).
 //! - [`task`]: the task's Dataplane and inbounds, and the ECS metadata endpoint.
@@ -20,6 +22,7 @@
 pub mod admin;
 pub mod balance;
 pub mod certs;
+pub mod http;
 pub mod listeners;
 pub mod proxy;
 pub mod pump;

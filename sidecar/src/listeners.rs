@@ -86,6 +86,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// Makes `route` an HTTP outbound of `protocol`, or a TCP one; true when
+/// that changed. Open connections keep what they started with.
+fn set_protocol(route: &Route, protocol: loopmesh_shared::model::Protocol) -> bool {
+    let current = route.http.load().as_ref().map(|h| h.protocol).unwrap_or_default();
+    if current == protocol {
+        return false;
+    }
+    route.http.store((!protocol.is_tcp()).then(|| Arc::new(crate::http::HttpOutbound::new(protocol))));
+    true
+}
+
 impl Listeners {
     pub fn new(settings: ProxySettings, zone: Option<String>, drain_timeout: Duration) -> Self {
         Self::with_outbounds(settings, zone, drain_timeout, true, Vec::new())
@@ -164,6 +175,7 @@ impl Listeners {
                     port: so.port,
                     endpoints: of_service.map(|o| o.endpoints.clone()).unwrap_or_default(),
                     tls: None,
+                    protocol: of_service.map(|o| o.protocol).unwrap_or_default(),
                 })
             })
             .collect();
@@ -203,6 +215,14 @@ impl Listeners {
                     route.balancer.store(Arc::new(Balancer::carry_over(&outbound.endpoints, zone, Some(&current))));
                     applied.updated += 1;
                 }
+                if set_protocol(route, outbound.protocol) {
+                    applied.updated += usize::from(same);
+                }
+                if let Some(http) = route.http.load_full() {
+                    let keep: std::collections::HashSet<&str> =
+                        outbound.endpoints.iter().map(|e| e.address.as_str()).collect();
+                    http.pool.prune(&|e| keep.contains(e));
+                }
                 if route.external.load().as_ref().map(|o| &o.spec) != outbound.tls.as_ref() {
                     route.external.store(origins.get(key).cloned());
                     applied.updated += usize::from(same);
@@ -215,6 +235,7 @@ impl Listeners {
                     let balancer = Balancer::new(&outbound.endpoints, self.zone.clone());
                     let route = Route::new(outbound.service.clone(), listen, balancer);
                     route.external.store(origins.get(key).cloned());
+                    set_protocol(&route, outbound.protocol);
                     let route = Arc::new(route.with_mtls(self.mtls.clone(), None));
                     tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
                     routes.insert(*key, route);

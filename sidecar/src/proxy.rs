@@ -75,6 +75,8 @@ pub struct Route {
     pub inbound_tags: Labels,
     /// TLS to originate to the endpoints (a MeshExternalService's `spec.tls`).
     pub external: ArcSwapOption<ExternalOrigin>,
+    /// An `http`, `http2` or `grpc` outbound: requests are balanced one by one.
+    pub http: ArcSwapOption<crate::http::HttpOutbound>,
 }
 
 impl Route {
@@ -90,6 +92,7 @@ impl Route {
             inbound: false,
             inbound_tags: Labels::new(),
             external: ArcSwapOption::empty(),
+            http: ArcSwapOption::empty(),
         }
     }
 
@@ -104,9 +107,22 @@ impl Route {
 }
 
 /// One side of a connection.
-enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+/// A byte stream of any kind: what the HTTP path's pooled connections run on.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+impl Stream {
+    pub(crate) fn boxed(self) -> Box<dyn Io> {
+        match self {
+            Self::Plain(s) => Box::new(s),
+            Self::Tls(s) => s,
+        }
+    }
 }
 
 /// How long a peer may take to send its first byte or finish a handshake.
@@ -247,7 +263,7 @@ pub async fn serve(listener: TcpListener, route: Arc<Route>, settings: ProxySett
     }
 }
 
-async fn connect(target: &Target) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(target: &Target) -> std::io::Result<TcpStream> {
     match target {
         Target::Socket(sa) => TcpStream::connect(sa).await,
         // Resolved on each connect, so a name's new addresses apply at once.
@@ -255,12 +271,17 @@ async fn connect(target: &Target) -> std::io::Result<TcpStream> {
     }
 }
 
-async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
+async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettings) {
     let started = Instant::now();
     // On Linux the socket has it from the listener already.
     #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
     let peer = settings.access_log.then(|| client.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+    if !route.inbound
+        && let Some(http) = route.http.load_full()
+    {
+        return crate::http::serve(client, route.clone(), http, settings).await;
+    }
     let active = route.mtls.as_ref().and_then(|m| m.active().map(|a| (m, a)));
     let client = match &active {
         Some((m, a)) if route.inbound => match accept_inbound(client, a, &m.stats, route).await {
@@ -306,26 +327,10 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
         }
     };
     drop(balancer);
-    let _ = upstream.set_nodelay(true);
-    let upstream = match (&active, endpoint.identity.as_deref()) {
-        (Some((m, a)), Some(service)) if !route.inbound => match originate(upstream, a, &m.stats, service).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(service = %route.service, endpoint = %endpoint.address, error = %e, "connection closed: no mTLS to the peer");
-                return;
-            }
-        },
-        _ => match route.external.load_full() {
-            None => Stream::Plain(upstream),
-            Some(origin) => match originate_external(upstream, &origin, &endpoint.target).await {
-                Ok(s) => s,
-                Err(e) => {
-                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(service = %route.service, endpoint = %endpoint.address, error = %e, "connection closed: TLS to the external endpoint failed");
-                    return;
-                }
-            },
-        },
+    let Some(upstream) =
+        secure(route, &endpoint, upstream, active.as_ref().map(|(m, a)| (m.as_ref(), a.as_ref()))).await
+    else {
+        return;
     };
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
@@ -366,6 +371,38 @@ async fn connection(client: TcpStream, route: &Route, settings: ProxySettings) {
             duration_ms = started.elapsed().as_millis() as u64,
             end = outcome.as_deref().unwrap_or("closed"),
         );
+    }
+}
+
+/// The upstream side of a connection just made: mTLS to a mesh peer, TLS
+/// to an external endpoint whose `spec.tls` asks for it, or plain. `None`:
+/// it failed (said and counted).
+pub(crate) async fn secure(
+    route: &Route,
+    endpoint: &EndpointState,
+    upstream: TcpStream,
+    active: Option<(&Mtls, &Active)>,
+) -> Option<Stream> {
+    let _ = upstream.set_nodelay(true);
+    match (active, endpoint.identity.as_deref()) {
+        (Some((m, a)), Some(service)) if !route.inbound => match originate(upstream, a, &m.stats, service).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(service = %route.service, endpoint = %endpoint.address, error = %e, "connection closed: no mTLS to the peer");
+                None
+            }
+        },
+        _ => match route.external.load_full() {
+            None => Some(Stream::Plain(upstream)),
+            Some(origin) => match originate_external(upstream, &origin, &endpoint.target).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(service = %route.service, endpoint = %endpoint.address, error = %e, "connection closed: TLS to the external endpoint failed");
+                    None
+                }
+            },
+        },
     }
 }
 

@@ -95,6 +95,7 @@ async fn through(n: u8, port: u16, tls: ExternalTls) -> Option<Vec<u8>> {
         port: vip_port,
         endpoints: vec![Endpoint { address: format!("localhost:{port}"), zone: None, identity: None }],
         tls: Some(tls),
+        protocol: Default::default(),
     };
     l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None }).unwrap();
     let mut s = TcpStream::connect(SocketAddr::from((ip, vip_port))).await.unwrap();
@@ -152,6 +153,7 @@ fn a_view_whose_tls_cannot_be_built_is_refused_whole() {
                 ca_cert: Some("not a certificate".into()),
                 ..spec(VerificationMode::Secured, None)
             }),
+            protocol: Default::default(),
         };
         let err = l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None }).unwrap_err();
         assert!(err.contains("tls.ca_cert"), "{err}");

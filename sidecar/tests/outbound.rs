@@ -51,6 +51,7 @@ fn outbound(service: &str, at: SocketAddr, endpoints: &[(SocketAddr, Option<&str
             .map(|(a, z)| Endpoint { address: a.to_string(), zone: z.map(str::to_owned), identity: None })
             .collect(),
         tls: None,
+        protocol: Default::default(),
     }
 }
 

@@ -277,5 +277,6 @@ fn endpoint_entry(mesh: &str, item: &Item) -> Result<EndpointEntry, StoreError> 
         service_port: port(attr::SERVICE_PORT).unwrap_or(0),
         zone: text(item, attr::ZONE).map(str::to_owned),
         task_arn: text(item, attr::TASK_ARN).map(str::to_owned),
+        protocol: text(item, attr::PROTOCOL).map(crate::model::Protocol::parse).unwrap_or_default(),
     })
 }

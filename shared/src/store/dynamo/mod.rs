@@ -421,17 +421,20 @@ pub(crate) fn service_entry(mesh: &str, item: &Item) -> Result<crate::view::Serv
         None => None,
         Some(v) => Some(v.parse().map_err(|_| StoreError::corrupt(format!("{sk}: vip {v:?}")))?),
     };
-    let ports = item
+    let declared: Vec<(u16, crate::model::Protocol)> = item
         .get(attr::PORTS)
         .and_then(|v| v.as_l().ok())
         .map(|l| {
             l.iter()
                 .filter_map(|p| p.as_m().ok())
-                .filter_map(|m| u16::try_from(num(m, attr::PORT)).ok())
-                .filter(|p| *p != 0)
+                .filter_map(|m| {
+                    let port = u16::try_from(num(m, attr::PORT)).ok().filter(|p| *p != 0)?;
+                    Some((port, text(m, attr::PROTOCOL).map(crate::model::Protocol::parse).unwrap_or_default()))
+                })
                 .collect()
         })
         .unwrap_or_default();
+    let ports = declared.iter().map(|(p, _)| *p).collect();
     let external = item
         .get(attr::EXTERNAL)
         .and_then(|v| v.as_l().ok())
@@ -455,5 +458,6 @@ pub(crate) fn service_entry(mesh: &str, item: &Item) -> Result<crate::view::Serv
             None => None,
             Some(json) => Some(serde_json::from_str(json).map_err(|e| StoreError::corrupt(format!("{sk}: tls {e}")))?),
         },
+        protocols: declared.into_iter().collect(),
     })
 }

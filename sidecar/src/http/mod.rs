@@ -1,0 +1,607 @@
+//! HTTP-aware outbounds: a service whose inbounds say `kuma.io/protocol`
+//! `http`, `http2` or `grpc` is served by an HTTP proxy (hyper) instead of
+//! the byte pump, so that each request, not each connection, picks its
+//! endpoint. One gRPC channel or one keep-alive pool then spreads over every
+//! task of the service, and an endpoint answering 5xx is retried elsewhere
+//! and ejected.
+//!
+//! - The client may speak HTTP/1.1 or HTTP/2 (h2c); an `http` outbound speaks
+//!   HTTP/1.1 to its endpoints, `http2` and `grpc` HTTP/2.
+//! - Each request picks the less loaded of two random endpoints by
+//!   outstanding requests, in the task's own zone first ([`crate::balance`]).
+//! - [`policy`]: timeouts, retries; [`pool`]: upstream connections;
+//!   [`body`]: replayable request bodies; [`stats`]: `/metrics`.
+//! - A response the sidecar makes itself says so: a `x-loopmesh-reason`
+//!   header, and for gRPC a `grpc-status` (UNAVAILABLE, DEADLINE_EXCEEDED).
+//! - `Upgrade` and `CONNECT` requests get a connection of their own, carried
+//!   as bytes once the endpoint agrees.
+
+pub mod body;
+pub mod policy;
+pub mod pool;
+pub mod stats;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use loopmesh_shared::model::Protocol;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::balance::{Balancer, EndpointState};
+use crate::proxy::{Io, ProxySettings, Route};
+use crate::pump::Activity;
+use body::{Captured, OnEnd, ReqBody, RespBody};
+use policy::{Failure, Policy};
+use pool::{Pool, Sender};
+use stats::{HttpStats, LocalReason};
+
+/// The header on every response the sidecar makes itself.
+pub const REASON_HEADER: &str = "x-loopmesh-reason";
+
+/// An HTTP outbound's state, shared by its connections.
+#[derive(Debug)]
+pub struct HttpOutbound {
+    pub protocol: Protocol,
+    pub policy: ArcSwap<Policy>,
+    pub pool: Arc<Pool>,
+    pub stats: Arc<HttpStats>,
+}
+
+impl HttpOutbound {
+    pub fn new(protocol: Protocol) -> Self {
+        let policy = Policy::defaults(protocol);
+        let pool = Pool::new(protocol != Protocol::Http, policy.idle_timeout);
+        Self { protocol, policy: ArcSwap::from_pointee(policy), pool: Arc::new(pool), stats: Arc::default() }
+    }
+
+    fn h2(&self) -> bool {
+        self.protocol != Protocol::Http
+    }
+}
+
+/// What the requests of one client connection share.
+#[derive(Debug)]
+struct Ctx {
+    route: Arc<Route>,
+    http: Arc<HttpOutbound>,
+    settings: ProxySettings,
+    client: Option<String>,
+    /// Requests whose response has not ended, and the last time one did:
+    /// the connection is idle when none is in flight.
+    in_flight: AtomicUsize,
+    activity: Activity,
+}
+
+/// Serves one client connection of an HTTP outbound until it closes or
+/// stays idle (no request in flight) for the idle timeout.
+pub async fn serve(client: TcpStream, route: Arc<Route>, http: Arc<HttpOutbound>, settings: ProxySettings) {
+    let client_addr = settings.access_log.then(|| client.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+    route.stats.active.fetch_add(1, Ordering::Relaxed);
+    let idle_timeout = http.policy.load().idle_timeout;
+    let ctx = Arc::new(Ctx {
+        route: route.clone(),
+        http,
+        settings,
+        client: client_addr,
+        in_flight: AtomicUsize::new(0),
+        activity: Activity::new(),
+    });
+    let service = {
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(req, ctx).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(1024);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
+    let mut conn = std::pin::pin!(conn);
+    let idle = async {
+        loop {
+            let deadline = ctx.activity.idle_deadline(idle_timeout);
+            if deadline <= Instant::now() && ctx.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep_until(deadline.max(Instant::now() + Duration::from_secs(1))).await;
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        r = conn.as_mut() => Some(r),
+        () = idle => None,
+    };
+    if result.is_none() {
+        route.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+    route.stats.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Counts a request in flight on its connection until dropped.
+struct InFlight(Arc<Ctx>);
+
+impl InFlight {
+    fn new(ctx: &Arc<Ctx>) -> Self {
+        ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+        ctx.activity.touch();
+        Self(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the access log says of a request.
+struct Line {
+    method: Method,
+    path: String,
+    started: Instant,
+}
+
+impl Line {
+    fn new(req: &Request<Incoming>) -> Self {
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
+            started: Instant::now(),
+        }
+    }
+
+    fn log(&self, ctx: &Ctx, endpoint: &str, status: u16, attempts: usize, end: &str) {
+        if !ctx.settings.access_log {
+            return;
+        }
+        tracing::info!(
+            target: "access",
+            service = %ctx.route.service,
+            listen = %ctx.route.listen,
+            client = %ctx.client.as_deref().unwrap_or_default(),
+            endpoint,
+            method = %self.method,
+            path = %self.path,
+            status,
+            attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            end,
+        );
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT
+        || (req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE))
+}
+
+/// The most attempts a request remembers, to send each retry elsewhere.
+const REMEMBERED: usize = 8;
+
+async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
+    let stats = &ctx.http.stats;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight::new(&ctx);
+    let line = Line::new(&req);
+    let grpc = is_grpc(req.headers());
+    if is_upgrade(&req) {
+        return upgrade(req, ctx.clone(), line, in_flight).await;
+    }
+    let policy = ctx.http.policy.load_full();
+    let deadline = policy.request_timeout.map(|t| line.started + t);
+    let timed_out = |attempts| {
+        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        local(&ctx, &line, LocalReason::Timeout, grpc, attempts)
+    };
+    let (mut parts, body) = req.into_parts();
+    prepare(&mut parts, ctx.http.h2());
+    let mut captured = match until(deadline, Captured::read(body)).await {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::debug!(service = %ctx.route.service, error = %e, "the client's request body failed");
+            return local(&ctx, &line, LocalReason::Reset, grpc, 0);
+        }
+        None => return timed_out(0),
+    };
+    let balancer = ctx.route.balancer.load_full();
+    let mut tried = [usize::MAX; REMEMBERED];
+    let mut attempts = 0usize;
+    let mut retries = 0u32;
+    loop {
+        let now = Instant::now();
+        let remembered = attempts.min(REMEMBERED);
+        // Another endpoint than those tried, if any is healthy; else any.
+        let Some(i) = balancer.pick(&tried[..remembered], now).or_else(|| balancer.pick(&[], now)) else {
+            return local(&ctx, &line, LocalReason::NoHealthyEndpoint, grpc, attempts);
+        };
+        tried[attempts % REMEMBERED] = i;
+        attempts += 1;
+        let endpoint = balancer.endpoints()[i].clone();
+        let failure = match until(deadline, sender(&ctx, &balancer, i)).await {
+            None => return timed_out(attempts),
+            Some(Err(())) => Failure::Connect,
+            Some(Ok(mut sender)) => {
+                let request = Request::from_parts(copy(&parts), captured.attempt());
+                endpoint.active.fetch_add(1, Ordering::Relaxed);
+                let attempt_deadline = match (deadline, policy.retry.per_try_timeout) {
+                    (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
+                    (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
+                };
+                let sent = until(attempt_deadline, sender.send(request)).await;
+                let failure = match sent {
+                    Some(Ok(response)) => {
+                        let status = response.status().as_u16();
+                        let grpc_status = grpc.then(|| grpc_status(response.headers())).flatten();
+                        let ejected = balancer.answered(i, status >= 500, Instant::now());
+                        if ejected {
+                            stats.ejections_5xx.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(service = %ctx.route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive 5xx answers");
+                        }
+                        let failure = Failure::Status(status, grpc_status);
+                        let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
+                        if !(failed && may_retry(&policy, &parts.method, grpc, failure, retries, &captured)) {
+                            return respond(&ctx, response, endpoint, sender, line, attempts, in_flight);
+                        }
+                        // The failed answer is dropped with its connection.
+                        failure
+                    }
+                    Some(Err(e)) => {
+                        balancer.answered(i, true, Instant::now());
+                        tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, error = %e, "request failed");
+                        if is_refused(&e) { Failure::Refused } else { Failure::Reset }
+                    }
+                    None => {
+                        balancer.answered(i, true, Instant::now());
+                        Failure::PerTryTimeout
+                    }
+                };
+                endpoint.active.fetch_sub(1, Ordering::Relaxed);
+                failure
+            }
+        };
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return timed_out(attempts);
+        }
+        if !may_retry(&policy, &parts.method, grpc, failure, retries, &captured) {
+            if failure == Failure::PerTryTimeout {
+                return timed_out(attempts);
+            }
+            let reason = if failure == Failure::Connect { LocalReason::ConnectFailure } else { LocalReason::Reset };
+            return local(&ctx, &line, reason, grpc, attempts);
+        }
+        retries += 1;
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        if until(deadline, tokio::time::sleep(policy.retry.backoff(retries))).await.is_none() {
+            return timed_out(attempts);
+        }
+    }
+}
+
+fn may_retry(
+    policy: &Policy,
+    method: &Method,
+    grpc: bool,
+    failure: Failure,
+    retries: u32,
+    captured: &Captured,
+) -> bool {
+    retries < policy.retry.num_retries
+        && policy.retry.allows(method, grpc, failure)
+        && (failure == Failure::Connect || captured.replayable())
+}
+
+/// Runs `f` until `deadline`; `None` when it ran out.
+async fn until<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        None => Some(f.await),
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+    }
+}
+
+/// A connection to endpoint `i`: one waiting in the pool, or a new one
+/// (connect failures count toward its ejection).
+async fn sender(ctx: &Ctx, balancer: &Balancer, i: usize) -> Result<Sender, ()> {
+    let endpoint = &balancer.endpoints()[i];
+    let pool = &ctx.http.pool;
+    while let Some(mut s) = pool.take(&endpoint.address) {
+        if s.ready().await.is_ok() {
+            return Ok(s);
+        }
+    }
+    let opened = match open_io(ctx, endpoint).await {
+        Some(io) => pool.open(&endpoint.address, io).await.map_err(|e| {
+            tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, error = %e, "HTTP handshake failed");
+        }),
+        None => Err(()),
+    };
+    match opened {
+        Ok(mut s) => {
+            balancer.connected(i);
+            s.ready().await.map_err(|_| ())?;
+            Ok(s)
+        }
+        Err(()) => {
+            ctx.route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            if balancer.failed(i, Instant::now()) {
+                ctx.route.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(service = %ctx.route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive connect failures");
+            }
+            Err(())
+        }
+    }
+}
+
+/// A connection to `endpoint`, secured as the TCP path secures one.
+async fn open_io(ctx: &Ctx, endpoint: &EndpointState) -> Option<Box<dyn Io>> {
+    let route = &ctx.route;
+    let tcp = match tokio::time::timeout(ctx.settings.connect_timeout, crate::proxy::connect(&endpoint.target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, error = %e, "connect failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, "connect timeout");
+            return None;
+        }
+    };
+    let active = route.mtls.as_ref().and_then(|m| m.active().map(|a| (m.clone(), a)));
+    let stream =
+        crate::proxy::secure(route, endpoint, tcp, active.as_ref().map(|(m, a)| (m.as_ref(), a.as_ref()))).await?;
+    Some(stream.boxed())
+}
+
+fn is_refused(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.to_string().contains("REFUSED_STREAM") || s.to_string().contains("refused stream") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    // `te` may only say `trailers` past this hop (gRPC sends it).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// Makes a client's request one the endpoint's protocol can carry: HTTP/2
+/// needs the absolute URI (its `:authority` from `Host`), HTTP/1.1 the
+/// origin form with `Host`.
+fn prepare(parts: &mut Parts, h2: bool) {
+    strip_hop_by_hop(&mut parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    if h2 {
+        parts.version = Version::HTTP_2;
+        let authority = authority.unwrap_or_else(|| "localhost".to_owned());
+        if let Ok(uri) = Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
+            parts.uri = uri;
+        }
+        parts.headers.remove(header::HOST);
+    } else {
+        parts.version = Version::HTTP_11;
+        if let Some(a) = authority
+            && !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&a)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        if let Ok(uri) = path.parse() {
+            parts.uri = uri;
+        }
+    }
+}
+
+/// The request head again, for one more attempt.
+fn copy(parts: &Parts) -> hyper::http::request::Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
+}
+
+/// What ends with an endpoint's response body: its outstanding count, the
+/// latency, the access log line and, for HTTP/1.1, the connection's return
+/// to the pool.
+struct Done {
+    ctx: Arc<Ctx>,
+    endpoint: Arc<EndpointState>,
+    sender: Option<Sender>,
+    line: Line,
+    status: u16,
+    attempts: usize,
+    _in_flight: InFlight,
+}
+
+impl OnEnd for Done {
+    fn ended(&mut self, complete: bool) {
+        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.http.stats.observe(self.line.started.elapsed());
+        if complete && let Some(sender) = self.sender.take() {
+            self.ctx.http.pool.give_back(&self.endpoint.address, sender);
+        }
+        let end = if complete { "complete" } else { "cut" };
+        self.line.log(&self.ctx, &self.endpoint.address, self.status, self.attempts, end);
+    }
+}
+
+fn respond(
+    ctx: &Arc<Ctx>,
+    response: Response<Incoming>,
+    endpoint: Arc<EndpointState>,
+    sender: Sender,
+    line: Line,
+    attempts: usize,
+    in_flight: InFlight,
+) -> Response<RespBody> {
+    let status = response.status().as_u16();
+    ctx.http.stats.status(status);
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let done = Done {
+        ctx: ctx.clone(),
+        endpoint,
+        sender: (!sender.is_h2()).then_some(sender),
+        line,
+        status,
+        attempts,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, RespBody::upstream(body, Box::new(done)))
+}
+
+/// A response the sidecar makes itself: 503 (504 for a timeout) naming the
+/// reason, or for a gRPC call gRPC's UNAVAILABLE (DEADLINE_EXCEEDED).
+fn local(ctx: &Ctx, line: &Line, reason: LocalReason, grpc: bool, attempts: usize) -> Response<RespBody> {
+    let stats = &ctx.http.stats;
+    stats.local(reason);
+    let timeout = reason == LocalReason::Timeout;
+    let text = match reason {
+        LocalReason::NoHealthyEndpoint => "no healthy endpoint",
+        LocalReason::ConnectFailure => "no endpoint could be reached",
+        LocalReason::Reset => "the endpoint closed the request without an answer",
+        LocalReason::Timeout => "the request timed out",
+        LocalReason::Overflow => "too many requests in flight",
+    };
+    let mut response = if grpc {
+        let code = if timeout { "4" } else { "14" };
+        let mut r = Response::new(RespBody::empty());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        if let Ok(v) = HeaderValue::from_str(&format!("loopmesh: {text}")) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(RespBody::local(Bytes::from(format!("loopmesh: {text}\n"))));
+        *r.status_mut() = if timeout { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::SERVICE_UNAVAILABLE };
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    response.headers_mut().insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    response.headers_mut().insert(header::SERVER, HeaderValue::from_static("loopmesh"));
+    let status = response.status().as_u16();
+    stats.status(status);
+    stats.observe(line.started.elapsed());
+    line.log(ctx, "-", status, attempts, reason.as_str());
+    response
+}
+
+/// An `Upgrade` or `CONNECT` request: its own HTTP/1.1 connection to an
+/// endpoint, carried as bytes both ways once the endpoint agrees.
+async fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, line: Line, in_flight: InFlight) -> Response<RespBody> {
+    let stats = &ctx.http.stats;
+    let client_side = hyper::upgrade::on(&mut req);
+    let balancer = ctx.route.balancer.load_full();
+    let mut tried = [usize::MAX; crate::proxy::CONNECT_ATTEMPTS];
+    let mut attempts = 0;
+    let (i, io) = loop {
+        let next = (attempts < tried.len()).then(|| balancer.pick(&tried[..attempts], Instant::now())).flatten();
+        let Some(i) = next else {
+            let reason = if attempts == 0 { LocalReason::NoHealthyEndpoint } else { LocalReason::ConnectFailure };
+            return local(&ctx, &line, reason, false, attempts);
+        };
+        tried[attempts] = i;
+        attempts += 1;
+        match open_io(&ctx, &balancer.endpoints()[i]).await {
+            Some(io) => {
+                balancer.connected(i);
+                break (i, io);
+            }
+            None => {
+                ctx.route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                balancer.failed(i, Instant::now());
+            }
+        }
+    };
+    let endpoint = balancer.endpoints()[i].clone();
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+        Ok(x) => x,
+        Err(_) => return local(&ctx, &line, LocalReason::ConnectFailure, false, attempts),
+    };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let connect = req.method() == Method::CONNECT;
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_11;
+    if !connect && let Some(p) = parts.uri.path_and_query().and_then(|p| p.as_str().parse().ok()) {
+        parts.uri = p;
+    }
+    endpoint.active.fetch_add(1, Ordering::Relaxed);
+    let mut response = match sender.send_request(Request::from_parts(parts, ReqBody::stream(body))).await {
+        Ok(r) => r,
+        Err(_) => {
+            endpoint.active.fetch_sub(1, Ordering::Relaxed);
+            return local(&ctx, &line, LocalReason::Reset, false, attempts);
+        }
+    };
+    let agreed = response.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && response.status().is_success());
+    if agreed {
+        stats.upgrades.fetch_add(1, Ordering::Relaxed);
+        let upstream_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client_side, upstream_side) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+            }
+        });
+    }
+    let status = response.status().as_u16();
+    stats.status(status);
+    let (parts, body) = response.into_parts();
+    let done = Done { ctx: ctx.clone(), endpoint, sender: None, line, status, attempts, _in_flight: in_flight };
+    Response::from_parts(parts, RespBody::upstream(body, Box::new(done)))
+}
