@@ -95,7 +95,7 @@ pub async fn task_definition_on_port(
     }
     let workload = workload.build();
     let command = format!(
-        "loopmesh-sidecar run --cp-address https://controlplane.kongmesh:5678 --dataplane-var dpname=`hostname -s` --dataplane-var address=`hostname -i` --dataplane-var mesh={mesh} --dataplane-var port={port} --dataplane-var servicePort=5050 --dataplane-var service={service} --dataplane-var protocol=http --auth-type=aws --bind-outbounds"
+        "loopmesh-sidecar run --cp-address https://controlplane.kongmesh:5678 --dataplane-var dpname=`hostname -s` --dataplane-var address=`hostname -i` --dataplane-var mesh={mesh} --dataplane-var port={port} --dataplane-var servicePort=5050 --dataplane-var service={service} --dataplane-var protocol=tcp --auth-type=aws --bind-outbounds"
     );
     let dp = ContainerDefinition::builder()
         .name("loopmesh-sidecar")

@@ -43,13 +43,22 @@ async fn kongs_example_resources_carry_traffic_for_kv_by_both_names() {
         resources.apply(&ledger, &settings.pools, &resource, &doc, unix_now()).await.unwrap();
     }
 
-    // The kv task: its sidecar's inbound (here, a server standing for it) on 15050.
+    // The kv task: its sidecar's inbound (here, an HTTP server standing for
+    // it, as the example's kv is) on 15050.
     let kv_at = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 61), 15050));
     let kv = TcpListener::bind(kv_at).await.unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = kv.accept().await {
             tokio::spawn(async move {
-                let _ = s.write_all(b"kv-1\n").await;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nkv-1\n").await;
+                    }
+                }
             });
         }
     });
@@ -79,8 +88,19 @@ async fn kongs_example_resources_carry_traffic_for_kv_by_both_names() {
     for at in [SocketAddr::from((svc, 15050)), SocketAddr::from((mzms, 15050))] {
         eventually("the listener", WAIT, || std::net::TcpStream::connect(at).is_ok()).await;
         let mut s = TcpStream::connect(at).await.unwrap();
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-        assert_eq!(&buf[..n], b"kv-1\n", "{at} reaches the kv task");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: kv\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 256];
+        while !answer.ends_with(b"kv-1\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "{at} closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{at} reaches the kv task");
     }
+    // The MeshMultiZoneService's port says `appProtocol: http`: an HTTP outbound, as in Kong Mesh.
+    let (_, config) = admin_get(admin, "/config");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let mzms_outbound = config["outbounds"].as_array().unwrap().iter().find(|o| o["vip"] == mzms.to_string()).unwrap();
+    assert_eq!(mzms_outbound["protocol"], "http", "{mzms_outbound}");
 }

@@ -1,0 +1,354 @@
+//! HTTP outbounds against a direct connection, haproxy (http mode) and
+//! nginx (reverse proxy), all in one run so only ratios count. The backend
+//! is nginx answering a fixed body (HTTP/1.1 on one port, h2c on another).
+//!
+//! - HTTP/1.1 keep-alive requests per second through one VIP (wrk);
+//! - HTTP/2 requests per second, 100 streams on 4 connections (h2load);
+//! - latency added over direct at 50 % of haproxy's peak rate, p50 and p99
+//!   (an open-loop paced client: requests leave on schedule, not when the
+//!   previous one returns);
+//! - memory per idle client connection and per 1,000 pooled upstream ones.
+//!
+//! Needs wrk, h2load, nginx and haproxy on PATH (`bench/run http` installs them).
+#![allow(clippy::unwrap_used, clippy::disallowed_types)] // a benchmark measures wall time and fails loudly
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use loopmesh_bench::*;
+use loopmesh_tests::process::{ChildGuard, admin_get, workspace_binary};
+use tokio::net::TcpStream;
+
+const SECONDS: &str = "5";
+
+/// An nginx of its own: a config holding `servers`, logs off, one worker
+/// (as each proxy gets: the machine has 2 cores and the load generator
+/// needs one).
+fn nginx(dir: &std::path::Path, name: &str, servers: &str) -> ChildGuard {
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = prefix.join("nginx.conf");
+    let text = format!(
+        "daemon off;\nworker_processes 1;\npid {pid};\nerror_log /dev/null crit;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n{servers}\n}}\n",
+        pid = prefix.join("nginx.pid").display(),
+        tmp = prefix.join("tmp").display(),
+    );
+    std::fs::write(&conf, text).unwrap();
+    spawn(Command::new("nginx").arg("-p").arg(&prefix).arg("-c").arg(&conf))
+}
+
+fn haproxy(
+    dir: &std::path::Path,
+    listen_h1: SocketAddr,
+    listen_h2: SocketAddr,
+    h1: SocketAddr,
+    h2: SocketAddr,
+) -> ChildGuard {
+    let cfg = format!(
+        "global\n  maxconn 8000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  http-reuse always\n\
+         frontend f1\n  bind {listen_h1}\n  default_backend b1\nbackend b1\n  server s {h1}\n\
+         frontend f2\n  bind {listen_h2} proto h2\n  default_backend b2\nbackend b2\n  server s {h2} proto h2\n"
+    );
+    let path = dir.join("haproxy-http.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    spawn(Command::new("haproxy").arg("-f").arg(path))
+}
+
+/// wrk's requests per second: 2 threads, 50 connections.
+fn wrk(target: SocketAddr) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", "50", "-d", &format!("{SECONDS}s"), &format!("http://{target}/")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).map(|v| v.trim().parse().unwrap());
+    rps.unwrap_or_else(|| panic!("wrk against {target}: {text}"))
+}
+
+/// h2load's requests per second: 4 connections of 25 streams each (h2c).
+fn h2load(target: SocketAddr) -> f64 {
+    let out = Command::new("h2load")
+        .args(["-c", "4", "-m", "25", "-t", "1", "-D", SECONDS, &format!("http://{target}/")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("finished in")).unwrap_or_else(|| panic!("h2load: {text}"));
+    let failed = text.lines().find(|l| l.starts_with("requests:")).unwrap_or_default();
+    assert!(failed.contains(" 0 failed"), "h2load against {target}: {failed}");
+    line.split(',').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Open-loop latency at `rate` requests per second over 8 connections for
+/// `secs`: each request leaves on its schedule, so a slow answer cannot
+/// slow the load down (no coordinated omission). Returns (p50, p99) in us.
+async fn paced(target: SocketAddr, h2: bool, rate: f64, secs: f64) -> (f64, f64) {
+    const CONNECTIONS: usize = 8;
+    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        tasks.push(tokio::spawn(async move {
+            let io = TokioIo::new(TcpStream::connect(target).await.unwrap());
+            let mut samples = Vec::new();
+            // Staggered, so the connections do not fire together.
+            tokio::time::sleep(interval.mul_f64(c as f64 / CONNECTIONS as f64)).await;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            if h2 {
+                let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+                tokio::spawn(conn);
+                let mut inflight = tokio::task::JoinSet::new();
+                while Instant::now() < end {
+                    let scheduled = tick.tick().await.into_std();
+                    let mut s = sender.clone();
+                    inflight.spawn(async move {
+                        let req =
+                            Request::builder().uri(format!("http://{target}/")).body(Empty::<Bytes>::new()).unwrap();
+                        let r = s.send_request(req).await.unwrap();
+                        r.into_body().collect().await.unwrap();
+                        scheduled.elapsed().as_secs_f64() * 1e6
+                    });
+                }
+                while let Some(t) = inflight.join_next().await {
+                    samples.push(t.unwrap());
+                }
+            } else {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                while Instant::now() < end {
+                    let scheduled = tick.tick().await.into_std();
+                    sender.ready().await.unwrap();
+                    let req = Request::builder().uri("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
+                    let r = sender.send_request(req).await.unwrap();
+                    r.into_body().collect().await.unwrap();
+                    samples.push(scheduled.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    (all[all.len() / 2], all[all.len() * 99 / 100])
+}
+
+fn view(outbounds: &[(Ipv4Addr, &str, &str, &[SocketAddr])]) -> String {
+    let items: Vec<String> = outbounds
+        .iter()
+        .map(|(vip, name, protocol, to)| {
+            let endpoints: Vec<String> = to.iter().map(|a| format!(r#"{{"address":"{a}"}}"#)).collect();
+            format!(
+                r#"{{"service":"{name}","vip":"{vip}","port":8080,"protocol":"{protocol}","endpoints":[{}]}}"#,
+                endpoints.join(",")
+            )
+        })
+        .collect();
+    format!(r#"{{"outbounds":[{}]}}"#, items.join(","))
+}
+
+fn metric(admin: SocketAddr, name: &str, service: &str) -> f64 {
+    let (_, text) = admin_get(admin, "/metrics");
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(&format!("service=\"{service}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = std::env::temp_dir().join(format!("loopmesh-bench-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (h1_backend, h2_backend, slow_port) = (port(0), port(0), free_port());
+    let _backend = nginx(
+        &dir,
+        "backend",
+        &format!(
+            "  server {{ listen {h1_backend}; location / {{ return 200 'hello from the backend\\n'; }} }}\n  server {{ listen {h2_backend} http2; location / {{ return 200 'hello from the backend\\n'; }} }}\n  server {{ listen {slow_port}; location / {{ return 200 'pooled\\n'; }} }}"
+        ),
+    );
+    let (ha_h1, ha_h2) = (port(0), port(0));
+    let ha = haproxy(&dir, ha_h1, ha_h2, h1_backend, h2_backend);
+    let (ng_h1, ng_h2) = (port(0), port(0));
+    let ng = nginx(
+        &dir,
+        "proxy",
+        &format!(
+            "  upstream b {{ server {h1_backend}; keepalive 64; }}\n  server {{ listen {ng_h1}; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n  server {{ listen {ng_h2} http2; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+    );
+
+    // loopmesh: an http VIP, an http2 VIP, a tcp VIP to the same backend,
+    // and an http VIP over four addresses of the backend for the pool.
+    let (lm_h1, lm_h2, lm_tcp, lm_pool) = (
+        SocketAddr::from(([127, 30, 0, 1], 8080)),
+        SocketAddr::from(([127, 30, 0, 2], 8080)),
+        SocketAddr::from(([127, 30, 0, 3], 8080)),
+        SocketAddr::from(([127, 30, 0, 4], 8080)),
+    );
+    let pool_endpoints: Vec<SocketAddr> = (1..=4).map(|i| SocketAddr::from(([127, 0, 0, i], slow_port))).collect();
+    let view_file = dir.join("view.json");
+    std::fs::write(
+        &view_file,
+        view(&[
+            (Ipv4Addr::new(127, 30, 0, 1), "h1", "http", &[h1_backend]),
+            (Ipv4Addr::new(127, 30, 0, 2), "h2", "http2", &[h2_backend]),
+            (Ipv4Addr::new(127, 30, 0, 3), "tcp", "tcp", &[h1_backend]),
+            (Ipv4Addr::new(127, 30, 0, 4), "pool", "http", &pool_endpoints),
+        ]),
+    )
+    .unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sidecar = spawn(
+        Command::new(workspace_binary("loopmesh-sidecar"))
+            .args(["run", "--bind-outbounds", "--view-file"])
+            .arg(&view_file)
+            .args(["--admin-address", &admin.to_string()])
+            .env("RUST_LOG", "warn"),
+    );
+    while admin_get(admin, "/ready").0 != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every target answers before anything is measured.
+    for t in [h1_backend, ha_h1, ng_h1, lm_h1, lm_tcp] {
+        paced(t, false, 100.0, 0.2).await;
+    }
+    for t in [h2_backend, ha_h2, ng_h2, lm_h2] {
+        paced(t, true, 100.0, 0.2).await;
+    }
+    let cpu = |pid: u32| cpu_ticks(pid);
+
+    println!("HTTP/1.1 keep-alive, requests per second (wrk, 2 threads, 50 connections, {SECONDS} s)");
+    let names = ["direct", "haproxy", "nginx", "loopmesh", "loopmesh tcp"];
+    let h1_targets = [h1_backend, ha_h1, ng_h1, lm_h1, lm_tcp];
+    let h1_pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(sidecar.0.id()), Some(sidecar.0.id())];
+    let mut h1_rps = [0.0; 5];
+    for (i, t) in h1_targets.iter().enumerate() {
+        let before = h1_pids[i].map_or(0, cpu);
+        h1_rps[i] = wrk(*t);
+        let spent = h1_pids[i].map_or(0, cpu) - before;
+        let per_request = spent as f64 * 10_000.0 / (h1_rps[i] * SECONDS.parse::<f64>().unwrap());
+        println!(
+            "{:<13} {:>9.0} req/s  {:>5.2}x direct  {:>5.2}x haproxy  proxy CPU {:.1} us/request",
+            names[i],
+            h1_rps[i],
+            h1_rps[i] / h1_rps[0],
+            h1_rps[i] / h1_rps[1].max(1.0),
+            per_request
+        );
+    }
+
+    println!(
+        "\nHTTP/2, requests per second (h2load, 4 connections x 25 streams, {SECONDS} s; nginx proxies to HTTP/1.1)"
+    );
+    let h2_targets = [h2_backend, ha_h2, ng_h2, lm_h2];
+    let h2_pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(sidecar.0.id())];
+    let mut h2_rps = [0.0; 4];
+    for (i, t) in h2_targets.iter().enumerate() {
+        let before = h2_pids[i].map_or(0, cpu);
+        h2_rps[i] = h2load(*t);
+        let spent = h2_pids[i].map_or(0, cpu) - before;
+        let per_request = spent as f64 * 10_000.0 / (h2_rps[i] * SECONDS.parse::<f64>().unwrap());
+        println!(
+            "{:<13} {:>9.0} req/s  {:>5.2}x direct  {:>5.2}x haproxy  proxy CPU {:.1} us/request",
+            names[i],
+            h2_rps[i],
+            h2_rps[i] / h2_rps[0],
+            h2_rps[i] / h2_rps[1].max(1.0),
+            per_request
+        );
+    }
+
+    for (label, h2, targets, peak) in
+        [("HTTP/1.1", false, &h1_targets[..4], h1_rps[1]), ("HTTP/2", true, &h2_targets[..], h2_rps[1])]
+    {
+        let rate = peak * 0.5;
+        println!("\n{label} latency at {rate:.0} req/s (50 % of haproxy's peak), open loop, 8 connections, 4 s");
+        let mut results = Vec::new();
+        for t in targets {
+            results.push(paced(*t, h2, rate, 4.0).await);
+        }
+        let (d50, d99) = results[0];
+        for (i, (p50, p99)) in results.iter().enumerate() {
+            println!(
+                "{:<13} p50 {:>8.0} us  p99 {:>8.0} us  added p50 {:>+7.0} us  added p99 {:>+8.0} us",
+                names[i],
+                p50,
+                p99,
+                p50 - d50,
+                p99 - d99
+            );
+        }
+    }
+
+    println!("\nmemory");
+    let base = rss_kib(&sidecar.0);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let (mut s, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(lm_h1).await.unwrap()))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        s.ready().await.unwrap();
+        let req = Request::builder().uri("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
+        s.send_request(req).await.unwrap().into_body().collect().await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let with_idle = rss_kib(&sidecar.0);
+    println!(
+        "idle HTTP/1.1 client connections: {:.1} KiB each (1,000 open after one request; RSS {base} -> {with_idle} KiB)",
+        (with_idle.saturating_sub(base)) as f64 / 1000.0
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 1,000 requests at once through the pool VIP: as many upstream
+    // connections, which then wait in the pool.
+    let before_pool = rss_kib(&sidecar.0);
+    let go = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(lm_pool).await.unwrap()))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        clients.push(s);
+    }
+    go.store(true, Ordering::Relaxed);
+    let mut sends = tokio::task::JoinSet::new();
+    for mut s in clients {
+        sends.spawn(async move {
+            s.ready().await.unwrap();
+            let req = Request::builder().uri("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
+            s.send_request(req).await.unwrap().into_body().collect().await.unwrap();
+            s
+        });
+    }
+    let mut kept = Vec::new();
+    while let Some(s) = sends.join_next().await {
+        kept.push(s.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pooled = metric(admin, "loopmesh_http_upstream_connections_idle", "pool");
+    let with_pool = rss_kib(&sidecar.0);
+    drop(kept);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_clients_left = rss_kib(&sidecar.0);
+    println!(
+        "pooled upstream connections: {pooled:.0} waiting after 1,000 concurrent requests; RSS {before_pool} -> {with_pool} KiB with them and their clients, {after_clients_left} KiB once the clients left: {:.0} KiB per 1,000 pooled",
+        (after_clients_left.saturating_sub(before_pool)) as f64 * 1000.0 / pooled.max(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
