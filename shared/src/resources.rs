@@ -108,7 +108,12 @@ pub fn declared_service(resource: &Resource) -> Option<Declared> {
         Resource::Dataplane(_)
         | Resource::Mesh(_)
         | Resource::HostnameGenerator(_)
-        | Resource::MeshTrafficPermission(_) => None,
+        | Resource::MeshTrafficPermission(_)
+        | Resource::MeshTimeout(_)
+        | Resource::MeshRetry(_)
+        | Resource::MeshCircuitBreaker(_)
+        | Resource::MeshHttpRoute(_)
+        | Resource::MeshLoadBalancingStrategy(_) => None,
     }
 }
 

@@ -20,6 +20,10 @@ pub struct View {
     /// The mesh's mTLS, when its Mesh enables a backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MeshMtls>,
+    /// The mesh's outbound policies (MeshTimeout, MeshRetry, ...), which
+    /// each sidecar resolves for its own outbounds.
+    #[serde(default, skip_serializing_if = "crate::model::OutboundPolicies::is_empty")]
+    pub policies: crate::model::OutboundPolicies,
 }
 
 /// A CA backend as a sidecar sees it.
@@ -253,7 +257,7 @@ pub fn build(generation: u64, services: &[ServiceEntry], endpoints: &[EndpointEn
     // Two services can never share a VIP (invariant 1); should the table say
     // otherwise, the first keeps the listener and the view stays valid.
     outbounds.dedup_by(|b, a| (a.vip, a.port) == (b.vip, b.port));
-    View { generation, outbounds, mtls: None }
+    View { generation, outbounds, mtls: None, policies: Default::default() }
 }
 
 /// The first word of a wake-up: one UDP datagram, `loopmesh-wake 1 <mesh>

@@ -239,6 +239,8 @@ fn kind_docs() -> Vec<&'static str> {
         "type: MeshService\nname: redis\nmesh: default\nlabels:\n  kuma.io/origin: zone\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: redis\n  ports:\n  - port: 6379\n    targetPort: 6379\n    appProtocol: tcp\n",
         "type: MeshExternalService\nname: httpbin\nmesh: default\nspec:\n  match:\n    port: 443\n    protocol: http\n  endpoints:\n  - address: httpbin.org\n    port: 443\n",
         r#"{"type":"Dataplane","name":"d","mesh":"m","networking":{"address":"10.0.0.1","inbound":[{"port":1,"tags":{"kuma.io/service":"s"}}]}}"#,
+        "type: MeshHTTPRoute\nname: r\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: api\n    rules:\n    - matches:\n      - path:\n          type: RegularExpression\n          value: /v[0-9]+/.*\n        headers:\n        - type: Present\n          name: x-canary\n      default:\n        backendRefs:\n        - kind: MeshService\n          name: api-canary\n          weight: 10\n",
+        "type: MeshRetry\nname: r\nmesh: default\nspec:\n  targetRef:\n    kind: MeshSubset\n    tags:\n      team: a\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      http:\n        numRetries: 2\n        perTryTimeout: 1.5s\n        backOff:\n          baseInterval: 10ms\n        retryOn: [5xx, \"429\", HttpMethodPost]\n",
     ]
 }
 
@@ -252,7 +254,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_documents_never_panic(doc in 0usize..6, at in any::<prop::sample::Index>(), cut in 0usize..40, insert in "[-:{}\\[\\],'\"&*!|>%@` \n\t0-9a-zA-Z]{0,12}") {
+    fn mutated_documents_never_panic(doc in 0usize..8, at in any::<prop::sample::Index>(), cut in 0usize..40, insert in "[-:{}\\[\\],'\"&*!|>%@` \n\t0-9a-zA-Z]{0,12}") {
         let base = kind_docs()[doc];
         let mut i = at.index(base.len() + 1);
         while !base.is_char_boundary(i) { i -= 1; }
@@ -303,10 +305,12 @@ fn what_loopmesh_does_not_do_yet_is_refused_never_ignored() {
     // Backends alone enable nothing, as in Kuma.
     assert!(parse_one("type: Mesh\nname: default\nmtls:\n  backends:\n  - name: ca-1\n    type: builtin\n").is_ok());
     refused(
-        "type: MeshTimeout\nname: t\nmesh: default\nspec: {}\n",
+        "type: MeshRateLimit\nname: t\nmesh: default\nspec: {}\n",
         "type",
         "Kong Mesh policy loopmesh does not enforce yet",
     );
+    // The outbound policies are enforced now; an empty `to` is named.
+    refused("type: MeshTimeout\nname: t\nmesh: default\nspec: {}\n", "spec.to", "at least one entry");
     // A MeshExternalService's spec.tls is originated by the sidecar; what rustls
     // cannot do, and Secret references, are refused with the field named.
     let mes = |tls: &str| {

@@ -20,6 +20,71 @@ pub const EJECT_AFTER_5XX: u32 = 5;
 const BASE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
+/// How a balancer picks (MeshLoadBalancingStrategy) and ejects
+/// (MeshCircuitBreaker's outlier detection).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Balancing {
+    pub algorithm: Algorithm,
+    pub outlier: Outlier,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// The least loaded of this many random endpoints.
+    LeastRequest(u32),
+    Random,
+    RoundRobin,
+}
+
+impl Default for Algorithm {
+    fn default() -> Self {
+        Self::LeastRequest(2)
+    }
+}
+
+/// When consecutive failures eject an endpoint. A success (a connect, an
+/// answer under 500) starts every count again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    pub disabled: bool,
+    /// 5xx answers in a row (and local failures, unless `split`).
+    pub total: Option<u32>,
+    /// 502, 503 and 504 answers in a row (and local failures, unless `split`).
+    pub gateway: Option<u32>,
+    /// Local failures in a row: failed connects, resets, timeouts.
+    pub local: Option<u32>,
+    pub split: bool,
+    pub base_ejection: Duration,
+    /// `None`: never more than half the endpoints (never the only one);
+    /// else Envoy's rule, at least one whatever the percentage.
+    pub max_ejection_percent: Option<u32>,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            total: Some(EJECT_AFTER_5XX),
+            gateway: None,
+            local: Some(EJECT_AFTER),
+            split: true,
+            base_ejection: BASE_EJECTION,
+            max_ejection_percent: None,
+        }
+    }
+}
+
+/// What an attempt on an endpoint came to, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A connect or an answer under 500.
+    Success,
+    /// An HTTP answer of 500 or more.
+    ServerError(u16),
+    /// No connection, a reset or a timeout.
+    LocalFailure,
+}
+
 /// Where a connection goes: an address, or a name resolved at connect time
 /// (MeshExternalService endpoints).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +115,9 @@ pub struct EndpointState {
     /// Open connections: the least-connections signal.
     pub active: AtomicUsize,
     failures: AtomicU32,
-    /// Consecutive 5xx answers (HTTP outbounds).
+    /// Consecutive 5xx answers, and gateway errors (HTTP outbounds).
     server_errors: AtomicU32,
+    gateway_errors: AtomicU32,
     /// Nanoseconds after the balancer's `epoch` until which the endpoint is
     /// ejected (0: never ejected). Atomic so the per-connection pick takes no lock.
     ejected_until: AtomicU64,
@@ -63,18 +129,26 @@ pub struct Balancer {
     endpoints: Vec<Arc<EndpointState>>,
     local_zone: Option<String>,
     epoch: Instant,
+    pub balancing: Balancing,
+    /// Round robin's next turn.
+    turn: AtomicUsize,
 }
 
 impl Balancer {
     /// `local_zone: None` turns zone preference off. Endpoints whose address
     /// does not parse are left out (a validated view has none).
     pub fn new(endpoints: &[Endpoint], local_zone: Option<String>) -> Self {
-        Self::carry_over(endpoints, local_zone, None)
+        Self::carry_over(endpoints, local_zone, None, Balancing::default())
     }
 
     /// A balancer for a new view that keeps the state of endpoints `previous`
     /// already had: their connection counts and ejections.
-    pub fn carry_over(endpoints: &[Endpoint], local_zone: Option<String>, previous: Option<&Balancer>) -> Self {
+    pub fn carry_over(
+        endpoints: &[Endpoint],
+        local_zone: Option<String>,
+        previous: Option<&Balancer>,
+        balancing: Balancing,
+    ) -> Self {
         let endpoints = endpoints
             .iter()
             .filter_map(|e| {
@@ -92,13 +166,18 @@ impl Balancer {
                     active: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
                     server_errors: AtomicU32::new(0),
+                    gateway_errors: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                     ejections: AtomicU32::new(0),
                 }))
             })
             .collect();
         let epoch = previous.map_or_else(Instant::now, |p| p.epoch);
-        Self { endpoints, local_zone, epoch }
+        Self { endpoints, local_zone, epoch, balancing, turn: AtomicUsize::new(0) }
+    }
+
+    pub fn local_zone(&self) -> Option<&str> {
+        self.local_zone.as_deref()
     }
 
     pub fn endpoints(&self) -> &[Arc<EndpointState>] {
@@ -117,8 +196,8 @@ impl Balancer {
         self.local_zone.is_some() && self.endpoints[i].zone == self.local_zone
     }
 
-    /// The endpoint for a new connection, skipping `tried`. Allocation-free:
-    /// it runs for every accepted connection.
+    /// The endpoint for a new connection or request, skipping `tried`.
+    /// Allocation-free: it runs for every accepted connection.
     pub fn pick(&self, tried: &[usize], now: Instant) -> Option<usize> {
         let n = self.endpoints.len();
         let usable = |i: &usize| !tried.contains(i) && self.healthy(*i, now);
@@ -126,16 +205,21 @@ impl Balancer {
         let in_pool = |i: &usize| usable(i) && (local_count == 0 || self.local(*i));
         let count = if local_count > 0 { local_count } else { (0..n).filter(usable).count() };
         let nth = |k: usize| (0..n).filter(in_pool).nth(k);
-        match count {
-            0 => None,
-            1 => nth(0),
-            _ => {
+        let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+        match (count, self.balancing.algorithm) {
+            (0, _) => None,
+            (1, _) => nth(0),
+            (_, Algorithm::Random) => nth(fastrand::usize(..count)),
+            (_, Algorithm::RoundRobin) => nth(self.turn.fetch_add(1, Ordering::Relaxed) % count),
+            (_, Algorithm::LeastRequest(2)) => {
                 // Two distinct candidates: with two endpoints the less loaded always wins.
                 let ka = fastrand::usize(..count);
                 let kb = fastrand::usize(..count - 1);
                 let (a, b) = (nth(ka)?, nth(if kb >= ka { kb + 1 } else { kb })?);
-                let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
+            }
+            (_, Algorithm::LeastRequest(choices)) => {
+                (0..choices.max(1)).filter_map(|_| nth(fastrand::usize(..count))).min_by_key(|i| load(*i))
             }
         }
     }
@@ -146,37 +230,68 @@ impl Balancer {
 
     /// Counts a connect failure; returns true when it ejected the endpoint.
     pub fn failed(&self, i: usize, now: Instant) -> bool {
-        if self.endpoints[i].failures.fetch_add(1, Ordering::Relaxed) + 1 < EJECT_AFTER {
-            return false;
-        }
-        self.eject(i, now)
+        self.record(i, Outcome::LocalFailure, now)
     }
 
-    /// Counts an HTTP answer: a 5xx (or a reset or timeout standing for one)
-    /// or not. Returns true when it ejected the endpoint.
-    pub fn answered(&self, i: usize, server_error: bool, now: Instant) -> bool {
+    /// Counts what an attempt came to; returns true when it ejected the endpoint.
+    pub fn record(&self, i: usize, outcome: Outcome, now: Instant) -> bool {
         let e = &self.endpoints[i];
-        if !server_error {
-            e.server_errors.store(0, Ordering::Relaxed);
-            return false;
-        }
-        if e.server_errors.fetch_add(1, Ordering::Relaxed) + 1 < EJECT_AFTER_5XX {
-            return false;
-        }
-        self.eject(i, now)
+        let o = &self.balancing.outlier;
+        let bump = |counter: &AtomicU32, threshold: Option<u32>| {
+            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            threshold.is_some_and(|t| n >= t)
+        };
+        let reached = match outcome {
+            Outcome::Success => {
+                e.failures.store(0, Ordering::Relaxed);
+                e.server_errors.store(0, Ordering::Relaxed);
+                e.gateway_errors.store(0, Ordering::Relaxed);
+                false
+            }
+            Outcome::ServerError(status) => {
+                e.failures.store(0, Ordering::Relaxed);
+                let total = bump(&e.server_errors, o.total);
+                let gateway = if matches!(status, 502..=504) {
+                    bump(&e.gateway_errors, o.gateway)
+                } else {
+                    e.gateway_errors.store(0, Ordering::Relaxed);
+                    false
+                };
+                total || gateway
+            }
+            Outcome::LocalFailure => {
+                let local = bump(&e.failures, o.local);
+                // Unsplit, a local failure also counts as a 5xx and a gateway error (Envoy's 503).
+                let (total, gateway) = if o.split {
+                    (false, false)
+                } else {
+                    (bump(&e.server_errors, o.total), bump(&e.gateway_errors, o.gateway))
+                };
+                local || total || gateway
+            }
+        };
+        reached && !o.disabled && self.eject(i, now)
     }
 
     fn eject(&self, i: usize, now: Instant) -> bool {
         let e = &self.endpoints[i];
-        let ejected_now = (0..self.endpoints.len()).filter(|o| !self.healthy(*o, now)).count();
-        if (ejected_now + 1) * 2 > self.endpoints.len().max(1) {
-            return false; // never more than half ejected: better a slow pool than none
+        let n = self.endpoints.len();
+        let ejected_now = (0..n).filter(|o| !self.healthy(*o, now)).count();
+        let allowed = match self.balancing.outlier.max_ejection_percent {
+            // Never more than half: better a slow pool than none.
+            None => n / 2,
+            Some(pct) => (n * pct as usize / 100).max(1),
+        };
+        if ejected_now >= allowed {
+            return false;
         }
         let times = e.ejections.fetch_add(1, Ordering::Relaxed);
-        let span = (BASE_EJECTION * 2u32.saturating_pow(times.min(6))).min(MAX_EJECTION);
+        let base = self.balancing.outlier.base_ejection;
+        let span = (base * 2u32.saturating_pow(times.min(6))).min(MAX_EJECTION.max(base));
         e.ejected_until.store(self.since_epoch(now + span), Ordering::Relaxed);
         e.failures.store(0, Ordering::Relaxed);
         e.server_errors.store(0, Ordering::Relaxed);
+        e.gateway_errors.store(0, Ordering::Relaxed);
         true
     }
 }
@@ -224,14 +339,49 @@ mod tests {
         let b = Balancer::new(&eps(&["a", "a", "a"]), None);
         let now = Instant::now();
         for _ in 0..EJECT_AFTER_5XX - 1 {
-            assert!(!b.answered(0, true, now));
+            assert!(!b.record(0, Outcome::ServerError(503), now));
         }
-        assert!(!b.answered(0, false, now), "a good answer starts the count again");
+        assert!(!b.record(0, Outcome::Success, now), "a good answer starts the count again");
         for _ in 0..EJECT_AFTER_5XX - 1 {
-            assert!(!b.answered(0, true, now));
+            assert!(!b.record(0, Outcome::ServerError(500), now));
         }
-        assert!(b.answered(0, true, now), "the 5th in a row ejects");
+        assert!(b.record(0, Outcome::ServerError(500), now), "the 5th in a row ejects");
         assert!((0..50).all(|_| b.pick(&[], now) != Some(0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_circuit_breaker_sets_the_detectors_and_how_many_may_be_out() {
+        let outlier = Outlier {
+            total: None,
+            gateway: Some(2),
+            split: false,
+            max_ejection_percent: Some(100),
+            ..Outlier::default()
+        };
+        let b = Balancer::carry_over(&eps(&["a", "a"]), None, None, Balancing { outlier, ..Balancing::default() });
+        let now = Instant::now();
+        assert!(!b.record(0, Outcome::ServerError(500), now), "500 is no gateway error; total is off");
+        assert!(!b.record(0, Outcome::ServerError(503), now));
+        assert!(b.record(0, Outcome::LocalFailure, now), "unsplit, a local failure counts as a gateway error");
+        assert!(!b.record(1, Outcome::ServerError(502), now));
+        assert!(b.record(1, Outcome::ServerError(502), now), "100 %: every endpoint may be ejected");
+        assert_eq!(b.pick(&[], now), None);
+        let off = Outlier { disabled: true, ..Outlier::default() };
+        let b = Balancer::carry_over(&eps(&["a", "a"]), None, None, Balancing { outlier: off, ..Balancing::default() });
+        assert!((0..20).all(|_| !b.record(0, Outcome::LocalFailure, now)), "disabled: never ejected");
+    }
+
+    #[test]
+    fn round_robin_and_random_take_turns() {
+        let rr = Balancing { algorithm: Algorithm::RoundRobin, ..Balancing::default() };
+        let b = Balancer::carry_over(&eps(&["a", "a", "a"]), None, None, rr);
+        b.endpoints[0].active.store(100, Ordering::Relaxed);
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&[], Instant::now()).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2], "round robin ignores load");
+        let random = Balancing { algorithm: Algorithm::Random, ..Balancing::default() };
+        let b = Balancer::carry_over(&eps(&["a", "a", "a"]), None, None, random);
+        b.endpoints[0].active.store(100, Ordering::Relaxed);
+        assert!((0..300).any(|_| b.pick(&[], Instant::now()) == Some(0)), "random ignores load");
     }
 
     #[test]
@@ -255,7 +405,7 @@ mod carry_over_tests {
         let b = Endpoint { address: "db.example.com:5432".into(), zone: None, identity: None };
         let first = Balancer::new(std::slice::from_ref(&a), None);
         first.endpoints()[0].active.store(4, Ordering::Relaxed);
-        let second = Balancer::carry_over(&[a, b], None, Some(&first));
+        let second = Balancer::carry_over(&[a, b], None, Some(&first), Balancing::default());
         assert_eq!(second.endpoints()[0].active.load(Ordering::Relaxed), 4);
         assert!(Arc::ptr_eq(&first.endpoints()[0], &second.endpoints()[0]));
         assert_eq!(second.endpoints()[1].target, Target::Name("db.example.com".into(), 5432));

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use crate::balance::Balancer;
+use crate::http::Directory;
 use crate::proxy::{ProxySettings, Route, serve};
 use crate::tls::ExternalOrigin;
 use crate::view::{Endpoint, View};
@@ -73,6 +74,8 @@ pub struct Listeners {
     pub view_changes: AtomicU64,
     /// The mesh's mTLS, which every route consults per connection.
     pub mtls: Arc<crate::tls::Mtls>,
+    /// Every outbound by service, for MeshHTTPRoute's backendRefs.
+    directory: Arc<Directory>,
 }
 
 /// A listening socket on exactly `addr`, never a wildcard. `TCP_NODELAY`
@@ -88,13 +91,35 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Makes `route` an HTTP outbound of `protocol`, or a TCP one; true when
 /// that changed. Open connections keep what they started with.
-fn set_protocol(route: &Route, protocol: loopmesh_shared::model::Protocol) -> bool {
+fn set_protocol(route: &Route, protocol: loopmesh_shared::model::Protocol, directory: &Arc<Directory>) -> bool {
     let current = route.http.load().as_ref().map(|h| h.protocol).unwrap_or_default();
     if current == protocol {
         return false;
     }
-    route.http.store((!protocol.is_tcp()).then(|| Arc::new(crate::http::HttpOutbound::new(protocol))));
+    let http = (!protocol.is_tcp()).then(|| Arc::new(crate::http::HttpOutbound::new(protocol, directory.clone())));
+    route.http.store(http);
     true
+}
+
+/// Gives `route` what the policies resolved for it; true when that changed.
+fn apply_policy(route: &Route, resolved: &crate::http::policy::Resolved) -> bool {
+    let mut changed = false;
+    let tcp = crate::proxy::TcpPolicy {
+        connect_timeout: resolved.policy.connect_timeout,
+        idle_timeout: resolved.idle_timeout,
+        connect_attempts: resolved.connect_attempts.map_or(crate::proxy::CONNECT_ATTEMPTS, |n| n as usize),
+    };
+    if **route.tcp.load() != tcp {
+        route.tcp.store(Arc::new(tcp));
+        changed = true;
+    }
+    if let Some(http) = route.http.load_full()
+        && **http.policy.load() != resolved.policy
+    {
+        http.policy.store(Arc::new(resolved.policy.clone()));
+        changed = true;
+    }
+    changed
 }
 
 impl Listeners {
@@ -127,6 +152,7 @@ impl Listeners {
             unbound: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
             mtls: Arc::default(),
+            directory: Arc::default(),
         }
     }
 
@@ -201,7 +227,23 @@ impl Listeners {
             applied.removed += 1;
             false
         });
+        // The sidecar's own inbounds are what policies' targetRefs select it by.
+        let inbound_tags: Vec<loopmesh_shared::model::Labels> = self
+            .inbounds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, r)| r.inbound_tags.clone())
+            .collect();
         for (key, outbound) in &wanted {
+            let resolved = crate::http::policy::resolve(
+                outbound.protocol,
+                &view.policies,
+                &inbound_tags,
+                &outbound.service,
+                outbound.kind.as_deref(),
+            );
+            let zone = if resolved.ignore_zones { None } else { self.zone.clone() };
             if let Some(route) = routes.get(key) {
                 let current = route.balancer.load();
                 let same = current.endpoints().len() == outbound.endpoints.len()
@@ -210,13 +252,19 @@ impl Listeners {
                         .iter()
                         .zip(&outbound.endpoints)
                         .all(|(s, e)| s.address == e.address && s.zone == e.zone && s.identity == e.identity);
-                if !same {
-                    let zone = self.zone.clone();
-                    route.balancer.store(Arc::new(Balancer::carry_over(&outbound.endpoints, zone, Some(&current))));
+                let same_balancing = current.balancing == resolved.balancing && current.local_zone() == zone.as_deref();
+                if !same || !same_balancing {
+                    route.balancer.store(Arc::new(Balancer::carry_over(
+                        &outbound.endpoints,
+                        zone,
+                        Some(&current),
+                        resolved.balancing.clone(),
+                    )));
                     applied.updated += 1;
                 }
-                if set_protocol(route, outbound.protocol) {
-                    applied.updated += usize::from(same);
+                let changed = set_protocol(route, outbound.protocol, &self.directory) | apply_policy(route, &resolved);
+                if changed && same && same_balancing {
+                    applied.updated += 1;
                 }
                 if let Some(http) = route.http.load_full() {
                     let keep: std::collections::HashSet<&str> =
@@ -232,10 +280,12 @@ impl Listeners {
             let listen = SocketAddr::from(*key);
             match bind(listen) {
                 Ok(listener) => {
-                    let balancer = Balancer::new(&outbound.endpoints, self.zone.clone());
-                    let route = Route::new(outbound.service.clone(), listen, balancer);
+                    let balancer = Balancer::carry_over(&outbound.endpoints, zone, None, resolved.balancing.clone());
+                    let mut route = Route::new(outbound.service.clone(), listen, balancer);
+                    route.kind.clone_from(&outbound.kind);
                     route.external.store(origins.get(key).cloned());
-                    set_protocol(&route, outbound.protocol);
+                    set_protocol(&route, outbound.protocol, &self.directory);
+                    apply_policy(&route, &resolved);
                     let route = Arc::new(route.with_mtls(self.mtls.clone(), None));
                     tokio::spawn(serve(listener, route.clone(), self.settings, self.tracker.clone()));
                     routes.insert(*key, route);
@@ -248,6 +298,7 @@ impl Listeners {
                 }
             }
         }
+        self.directory.replace(&routes.values().cloned().collect::<Vec<_>>());
         applied.listening = routes.len();
         self.unbound.store(applied.failed as u64, Ordering::Relaxed);
         drop(routes);

@@ -21,6 +21,25 @@ use loopmesh_shared::mtls::permission::{Decision, decide};
 
 /// Connect attempts per connection, each on another endpoint.
 pub const CONNECT_ATTEMPTS: usize = 3;
+/// The most a MeshRetry's `tcp.maxConnectAttempt` is followed to.
+const MAX_CONNECT_ATTEMPTS: usize = 16;
+
+/// What the mesh's policies say of a TCP outbound's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpPolicy {
+    /// MeshTimeout `connectionTimeout` (else `--connect-timeout`).
+    pub connect_timeout: Option<Duration>,
+    /// MeshTimeout `idleTimeout` (else `--idle-timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// MeshRetry `tcp.maxConnectAttempt`.
+    pub connect_attempts: usize,
+}
+
+impl Default for TcpPolicy {
+    fn default() -> Self {
+        Self { connect_timeout: None, idle_timeout: None, connect_attempts: CONNECT_ATTEMPTS }
+    }
+}
 
 /// Counters of one listener, read by `/metrics`.
 #[derive(Debug, Default)]
@@ -58,6 +77,8 @@ impl Default for ProxySettings {
 #[derive(Debug)]
 pub struct Route {
     pub service: String,
+    /// The view's kind code of an outbound's service (`svc`, `ms`, `mes`, `mzs`).
+    pub kind: Option<String>,
     pub listen: SocketAddr,
     /// Replaced whole when the view's endpoints change; connections keep
     /// the balancer they started with.
@@ -77,12 +98,14 @@ pub struct Route {
     pub external: ArcSwapOption<ExternalOrigin>,
     /// An `http`, `http2` or `grpc` outbound: requests are balanced one by one.
     pub http: ArcSwapOption<crate::http::HttpOutbound>,
+    pub tcp: ArcSwap<TcpPolicy>,
 }
 
 impl Route {
     pub fn new(service: String, listen: SocketAddr, balancer: Balancer) -> Self {
         Self {
             service,
+            kind: None,
             listen,
             balancer: ArcSwap::from_pointee(balancer),
             stats: Stats::default(),
@@ -93,6 +116,7 @@ impl Route {
             inbound_tags: Labels::new(),
             external: ArcSwapOption::empty(),
             http: ArcSwapOption::empty(),
+            tcp: ArcSwap::from_pointee(TcpPolicy::default()),
         }
     }
 
@@ -292,11 +316,15 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
     };
     let balancer = route.balancer.load_full();
     let stats = &route.stats;
+    let policy = **route.tcp.load();
+    let max_attempts = policy.connect_attempts.clamp(1, MAX_CONNECT_ATTEMPTS);
+    let connect_timeout = policy.connect_timeout.unwrap_or(settings.connect_timeout);
+    let idle_timeout = policy.idle_timeout.unwrap_or(settings.idle_timeout);
     // On the stack: no allocation per connection for the retry bookkeeping.
-    let mut tried = [usize::MAX; CONNECT_ATTEMPTS];
+    let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
     let mut attempts = 0;
     let (endpoint, upstream) = loop {
-        let next = if attempts < CONNECT_ATTEMPTS { balancer.pick(&tried[..attempts], Instant::now()) } else { None };
+        let next = if attempts < max_attempts { balancer.pick(&tried[..attempts], Instant::now()) } else { None };
         let Some(i) = next else {
             stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
             log_no_endpoint(route, attempts);
@@ -305,7 +333,7 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
         tried[attempts] = i;
         attempts += 1;
         let endpoint: &Arc<EndpointState> = &balancer.endpoints()[i];
-        match tokio::time::timeout(settings.connect_timeout, connect(&endpoint.target)).await {
+        match tokio::time::timeout(connect_timeout, connect(&endpoint.target)).await {
             Ok(Ok(s)) => {
                 balancer.connected(i);
                 break (endpoint.clone(), s);
@@ -339,7 +367,7 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
     let flow = Flow { sent: &sent, received: &received, activity: &activity };
     let idle = async {
         loop {
-            let deadline = activity.idle_deadline(settings.idle_timeout);
+            let deadline = activity.idle_deadline(idle_timeout);
             if deadline <= Instant::now() {
                 return;
             }

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use loopmesh_shared::model::{CaKind, Mesh, MeshTrafficPermission};
+use loopmesh_shared::model::{CaKind, Mesh, MeshTrafficPermission, Resource};
 use loopmesh_shared::mtls::issuer::StoredRoot;
 use loopmesh_shared::store::dynamo::{DynamoMeshView, MeshItem};
 use loopmesh_shared::store::keys::{self, CHANGE_RETENTION_S};
@@ -75,6 +75,8 @@ pub struct Replica {
     resource: Option<Mesh>,
     roots: BTreeMap<String, StoredRoot>,
     permissions: BTreeMap<String, MeshTrafficPermission>,
+    /// Outbound policies by sort key.
+    policies: BTreeMap<String, Resource>,
     generation: u64,
     port: u16,
     /// The newest change item applied (its writer's clock, epoch ms).
@@ -124,6 +126,7 @@ impl Replica {
             resource: security.resource.map(|(_, m)| m),
             roots: security.roots.into_iter().collect(),
             permissions: security.permissions.into_iter().collect(),
+            policies: security.policies.into_iter().collect(),
             generation,
             port: follow_table_port(table_port, env_port),
             cursor_ms: started.saturating_sub(OVERLAP_MS),
@@ -158,6 +161,7 @@ impl Replica {
             next.endpoints.remove(&sk);
             next.roots.remove(&sk);
             next.permissions.remove(&sk);
+            next.policies.remove(&sk);
             if sk == keys::mesh_resource_sk(mesh) {
                 next.resource = None;
             }
@@ -168,6 +172,9 @@ impl Replica {
                 }
                 Some(MeshItem::Permission(p)) => {
                     next.permissions.insert(sk, *p);
+                }
+                Some(MeshItem::Policy(p)) => {
+                    next.policies.insert(sk, *p);
                 }
                 Some(MeshItem::Service(s)) => {
                     next.services.insert(sk, s);
@@ -191,13 +198,16 @@ impl Replica {
     fn fetched(self) -> Fetched {
         let view = self.view();
         let marker = Marker::Generation(view.generation);
-        Fetched::New(view, marker, Some(Box::new(self)))
+        Fetched::New(Box::new(view), marker, Some(Box::new(self)))
     }
 
     fn view(&self) -> View {
         let services: Vec<ServiceEntry> = self.services.values().cloned().collect();
         let endpoints: Vec<EndpointEntry> = self.endpoints.values().cloned().collect();
         let mut view = build(self.generation, &services, &endpoints, self.port);
+        for p in self.policies.values() {
+            view.policies.add(p.clone());
+        }
         view.mtls = self.resource.as_ref().and_then(|m| m.mtls.as_ref()).map(|mtls| {
             let enabled = mtls.enabled();
             MeshMtls {
@@ -284,7 +294,7 @@ enum Fetched {
     Unchanged,
     /// A view, its marker, and (from the table) the replica to keep once
     /// the view is applied.
-    New(View, Marker, Option<Box<Replica>>),
+    New(Box<View>, Marker, Option<Box<Replica>>),
 }
 
 /// What identifies the version of the view last applied.
@@ -306,7 +316,7 @@ impl Source {
                 }
                 let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
                 let view: View = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Fetched::New(view, marker, None))
+                Ok(Fetched::New(Box::new(view), marker, None))
             }
             Self::Table { reader, mesh, vip_port, replica } => {
                 // A view not yet applied (none, or one rejected), or one so old
@@ -360,7 +370,7 @@ impl ViewClient {
             Fetched::New(view, marker, next) => {
                 self.seen = Some(marker);
                 self.source.keep(next);
-                Ok(Some(view))
+                Ok(Some(*view))
             }
         }
     }
@@ -444,7 +454,7 @@ pub async fn refresh(
                 let outbounds = view.outbounds.len();
                 let endpoints: usize = view.outbounds.iter().map(|o| o.endpoints.len()).sum();
                 members = endpoints;
-                match listeners.apply(view) {
+                match listeners.apply(*view) {
                     Ok(a) => {
                         status.ok();
                         status.generation.store(generation, Ordering::Relaxed);

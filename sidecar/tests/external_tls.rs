@@ -97,7 +97,7 @@ async fn through(n: u8, port: u16, tls: ExternalTls) -> Option<Vec<u8>> {
         tls: Some(tls),
         protocol: Default::default(),
     };
-    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None }).unwrap();
+    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None, policies: Default::default() }).unwrap();
     let mut s = TcpStream::connect(SocketAddr::from((ip, vip_port))).await.unwrap();
     s.write_all(b"GET /").await.unwrap();
     let mut buf = [0u8; 5];
@@ -155,7 +155,9 @@ fn a_view_whose_tls_cannot_be_built_is_refused_whole() {
             }),
             protocol: Default::default(),
         };
-        let err = l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None }).unwrap_err();
+        let err = l
+            .apply(View { generation: 1, outbounds: vec![outbound], mtls: None, policies: Default::default() })
+            .unwrap_err();
         assert!(err.contains("tls.ca_cert"), "{err}");
     });
 }

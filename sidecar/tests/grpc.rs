@@ -63,7 +63,7 @@ async fn one_grpc_channel_spreads_its_calls_and_streams_pass_intact() {
         tls: None,
         protocol: Protocol::Grpc,
     };
-    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None }).unwrap();
+    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None, policies: Default::default() }).unwrap();
 
     let out = Command::new(python())
         .arg(script())

@@ -109,13 +109,10 @@ fn vip(n: u8) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
-/// Listeners serving one `protocol` outbound at `at` over `backends`.
-fn serve(at: SocketAddr, protocol: Protocol, backends: &[&Backend]) -> (Arc<Listeners>, Arc<Route>) {
-    let settings = ProxySettings { connect_timeout: Duration::from_millis(500), ..ProxySettings::default() };
-    let l = Arc::new(Listeners::new(settings, None, Duration::from_secs(1)));
+fn outbound(service: &str, at: SocketAddr, protocol: Protocol, backends: &[&Backend]) -> Outbound {
     let SocketAddr::V4(v4) = at else { unreachable!() };
-    let outbound = Outbound {
-        service: "api".into(),
+    Outbound {
+        service: service.into(),
         kind: None,
         vip: *v4.ip(),
         port: at.port(),
@@ -125,8 +122,24 @@ fn serve(at: SocketAddr, protocol: Protocol, backends: &[&Backend]) -> (Arc<List
             .collect(),
         tls: None,
         protocol,
-    };
-    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None }).unwrap();
+    }
+}
+
+/// Listeners serving `outbounds` under the policies in `yaml` (Kong's form).
+fn serve_with(outbounds: Vec<Outbound>, yaml: &str) -> Arc<Listeners> {
+    let settings = ProxySettings { connect_timeout: Duration::from_millis(500), ..ProxySettings::default() };
+    let l = Arc::new(Listeners::new(settings, None, Duration::from_secs(1)));
+    let mut policies = loopmesh_shared::model::OutboundPolicies::default();
+    for (parsed, _) in loopmesh_shared::model::parse_documents_with_text(yaml) {
+        policies.add(parsed.unwrap_or_else(|e| panic!("the policy validates: {e}")));
+    }
+    l.apply(View { generation: 1, outbounds, mtls: None, policies }).unwrap();
+    l
+}
+
+/// Listeners serving one `protocol` outbound at `at` over `backends`.
+fn serve(at: SocketAddr, protocol: Protocol, backends: &[&Backend]) -> (Arc<Listeners>, Arc<Route>) {
+    let l = serve_with(vec![outbound("api", at, protocol, backends)], "");
     let route = l.outbounds().into_iter().find(|r| r.listen == at).unwrap();
     (l, route)
 }
@@ -260,15 +273,16 @@ async fn a_post_is_not_retried() {
     assert_eq!(route.http.load_full().unwrap().stats.retries.load(Ordering::Relaxed), 0);
 }
 
+const TIMEOUT: &str = "type: MeshTimeout\nname: fast\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: api\n    default:\n      http:\n        requestTimeout: 300ms\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_times_out_with_a_504_that_says_why() {
     let slow = backend("slow", Behaviour::Slow(Duration::from_secs(3))).await;
     let at = vip(5);
-    let (_l, route) = serve(at, Protocol::Http, &[&slow]);
+    let l = serve_with(vec![outbound("api", at, Protocol::Http, &[&slow])], TIMEOUT);
+    let route = l.outbounds().pop().unwrap();
     let http = route.http.load_full().unwrap();
-    let mut policy = (**http.policy.load()).clone();
-    policy.request_timeout = Some(Duration::from_millis(300));
-    http.policy.store(Arc::new(policy));
+    assert_eq!(http.policy.load().request_timeout, Some(Duration::from_millis(300)), "the MeshTimeout applies");
     let mut client = h1(at).await;
     let (status, headers, body) = get(&mut client, "GET").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -342,4 +356,63 @@ async fn a_tcp_outbound_stays_on_the_byte_path() {
     }
     assert_eq!(route.stats.total.load(Ordering::Relaxed), 1, "one connection, carried whole");
     assert_eq!(a.hits("GET"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_retry_naming_post_retries_it() {
+    let bad = backend("bad", Behaviour::Unavailable).await;
+    let good = backend("good", Behaviour::Ok).await;
+    let at = vip(9);
+    let policy = "type: MeshRetry\nname: post\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      http:\n        numRetries: 3\n        retryOn: [5xx, HttpMethodPost]\n";
+    let l = serve_with(vec![outbound("api", at, Protocol::Http, &[&bad, &good])], policy);
+    let mut client = h1(at).await;
+    for _ in 0..20 {
+        assert_eq!(get(&mut client, "POST").await.0, StatusCode::OK, "the policy lets a POST be retried");
+    }
+    let route = l.outbounds().pop().unwrap();
+    assert!(route.http.load_full().unwrap().stats.retries.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_route_sends_a_tenth_to_the_canary_and_sets_headers() {
+    let (stable, canary) = (backend("stable", Behaviour::Ok).await, backend("canary", Behaviour::Ok).await);
+    let (at, canary_at) = (vip(10), vip(11));
+    let route = "type: MeshHTTPRoute\nname: canary\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: api\n    rules:\n    - matches:\n      - path:\n          type: PathPrefix\n          value: /\n      default:\n        filters:\n        - type: ResponseHeaderModifier\n          responseHeaderModifier:\n            set:\n            - name: x-route\n              value: canary-split\n        backendRefs:\n        - kind: MeshService\n          name: api\n          weight: 90\n        - kind: MeshService\n          name: api-canary\n          weight: 10\n";
+    let _l = serve_with(
+        vec![
+            outbound("api", at, Protocol::Http, &[&stable]),
+            outbound("api-canary", canary_at, Protocol::Http, &[&canary]),
+        ],
+        route,
+    );
+    let mut client = h1(at).await;
+    let mut to_canary = 0;
+    for _ in 0..10_000 {
+        let (status, headers, body) = get(&mut client, "GET").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-route"], "canary-split");
+        to_canary += usize::from(body == "canary");
+    }
+    assert!((800..=1200).contains(&to_canary), "{to_canary} of 10,000 went to the canary, not 10 % within 2 points");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancing_strategy_and_a_circuit_breaker_apply() {
+    let (a, b, bad) = (
+        backend("a", Behaviour::Ok).await,
+        backend("b", Behaviour::Ok).await,
+        backend("bad", Behaviour::Unavailable).await,
+    );
+    let at = vip(12);
+    let policies = "type: MeshLoadBalancingStrategy\nname: rr\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      loadBalancer:\n        type: RoundRobin\n---\ntype: MeshCircuitBreaker\nname: no-ejection\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      outlierDetection:\n        disabled: true\n";
+    let l = serve_with(vec![outbound("api", at, Protocol::Http, &[&a, &b, &bad])], policies);
+    let mut client = h1(at).await;
+    for _ in 0..60 {
+        assert_eq!(get(&mut client, "GET").await.0, StatusCode::OK);
+    }
+    let route = l.outbounds().pop().unwrap();
+    let http = route.http.load_full().unwrap();
+    assert_eq!(http.stats.ejections_5xx.load(Ordering::Relaxed), 0, "outlier detection is disabled");
+    // Round robin: the bad backend keeps its turn (one in three first attempts).
+    assert!(bad.hits("GET") >= 15, "round robin kept sending to the bad backend: {}", bad.hits("GET"));
 }

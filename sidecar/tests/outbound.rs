@@ -56,7 +56,7 @@ fn outbound(service: &str, at: SocketAddr, endpoints: &[(SocketAddr, Option<&str
 }
 
 fn view(outbounds: Vec<Outbound>) -> View {
-    View { generation: 1, outbounds, mtls: None }
+    View { generation: 1, outbounds, mtls: None, policies: Default::default() }
 }
 
 fn listeners(zone: Option<&str>, drain: Duration) -> Arc<Listeners> {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{
     Dataplane, DataplaneVars, HostnameGenerator, Mesh, MeshExternalService, MeshMultiZoneService, MeshService,
-    MeshTrafficPermission, ValidationErrors, dataplane, hostname_generator, mesh, services, traffic_permission,
+    MeshTrafficPermission, ValidationErrors, dataplane, hostname_generator, mesh, policy, services, traffic_permission,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,10 +18,15 @@ pub enum ResourceKind {
     MeshMultiZoneService,
     HostnameGenerator,
     MeshTrafficPermission,
+    MeshTimeout,
+    MeshRetry,
+    MeshCircuitBreaker,
+    MeshHttpRoute,
+    MeshLoadBalancingStrategy,
 }
 
 impl ResourceKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 12] = [
         Self::Dataplane,
         Self::Mesh,
         Self::MeshService,
@@ -29,6 +34,20 @@ impl ResourceKind {
         Self::MeshMultiZoneService,
         Self::HostnameGenerator,
         Self::MeshTrafficPermission,
+        Self::MeshTimeout,
+        Self::MeshRetry,
+        Self::MeshCircuitBreaker,
+        Self::MeshHttpRoute,
+        Self::MeshLoadBalancingStrategy,
+    ];
+
+    /// The outbound policies, which sidecars read with their view.
+    pub const OUTBOUND_POLICIES: [Self; 5] = [
+        Self::MeshTimeout,
+        Self::MeshRetry,
+        Self::MeshCircuitBreaker,
+        Self::MeshHttpRoute,
+        Self::MeshLoadBalancingStrategy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +59,11 @@ impl ResourceKind {
             Self::MeshMultiZoneService => "MeshMultiZoneService",
             Self::HostnameGenerator => "HostnameGenerator",
             Self::MeshTrafficPermission => "MeshTrafficPermission",
+            Self::MeshTimeout => "MeshTimeout",
+            Self::MeshRetry => "MeshRetry",
+            Self::MeshCircuitBreaker => "MeshCircuitBreaker",
+            Self::MeshHttpRoute => "MeshHTTPRoute",
+            Self::MeshLoadBalancingStrategy => "MeshLoadBalancingStrategy",
         }
     }
 
@@ -76,6 +100,11 @@ pub enum Resource {
     MeshMultiZoneService(MeshMultiZoneService),
     HostnameGenerator(HostnameGenerator),
     MeshTrafficPermission(MeshTrafficPermission),
+    MeshTimeout(policy::MeshTimeout),
+    MeshRetry(policy::MeshRetry),
+    MeshCircuitBreaker(policy::MeshCircuitBreaker),
+    MeshHttpRoute(policy::MeshHttpRoute),
+    MeshLoadBalancingStrategy(policy::MeshLoadBalancingStrategy),
 }
 
 impl Resource {
@@ -88,6 +117,11 @@ impl Resource {
             Self::MeshMultiZoneService(_) => ResourceKind::MeshMultiZoneService,
             Self::HostnameGenerator(_) => ResourceKind::HostnameGenerator,
             Self::MeshTrafficPermission(_) => ResourceKind::MeshTrafficPermission,
+            Self::MeshTimeout(_) => ResourceKind::MeshTimeout,
+            Self::MeshRetry(_) => ResourceKind::MeshRetry,
+            Self::MeshCircuitBreaker(_) => ResourceKind::MeshCircuitBreaker,
+            Self::MeshHttpRoute(_) => ResourceKind::MeshHttpRoute,
+            Self::MeshLoadBalancingStrategy(_) => ResourceKind::MeshLoadBalancingStrategy,
         }
     }
 
@@ -100,6 +134,11 @@ impl Resource {
             Self::MeshMultiZoneService(r) => &r.name,
             Self::HostnameGenerator(r) => &r.name,
             Self::MeshTrafficPermission(r) => &r.name,
+            Self::MeshTimeout(r) => &r.name,
+            Self::MeshRetry(r) => &r.name,
+            Self::MeshCircuitBreaker(r) => &r.name,
+            Self::MeshHttpRoute(r) => &r.name,
+            Self::MeshLoadBalancingStrategy(r) => &r.name,
         }
     }
 
@@ -111,6 +150,11 @@ impl Resource {
             Self::MeshExternalService(r) => Some(&r.mesh),
             Self::MeshMultiZoneService(r) => Some(&r.mesh),
             Self::MeshTrafficPermission(r) => Some(&r.mesh),
+            Self::MeshTimeout(r) => Some(&r.mesh),
+            Self::MeshRetry(r) => Some(&r.mesh),
+            Self::MeshCircuitBreaker(r) => Some(&r.mesh),
+            Self::MeshHttpRoute(r) => Some(&r.mesh),
+            Self::MeshLoadBalancingStrategy(r) => Some(&r.mesh),
             Self::Mesh(_) | Self::HostnameGenerator(_) => None,
         }
     }
@@ -243,17 +287,19 @@ fn from_value(value: serde_yaml_ng::Value) -> Result<Resource, ValidationErrors>
         ResourceKind::MeshMultiZoneService => Resource::MeshMultiZoneService(services::multi_zone_from_value(value)?),
         ResourceKind::HostnameGenerator => Resource::HostnameGenerator(hostname_generator::from_value(value)?),
         ResourceKind::MeshTrafficPermission => Resource::MeshTrafficPermission(traffic_permission::from_value(value)?),
+        ResourceKind::MeshTimeout => Resource::MeshTimeout(policy::timeout::from_value(value)?),
+        ResourceKind::MeshRetry => Resource::MeshRetry(policy::retry::from_value(value)?),
+        ResourceKind::MeshCircuitBreaker => Resource::MeshCircuitBreaker(policy::circuit_breaker::from_value(value)?),
+        ResourceKind::MeshHttpRoute => Resource::MeshHttpRoute(policy::http_route::from_value(value)?),
+        ResourceKind::MeshLoadBalancingStrategy => {
+            Resource::MeshLoadBalancingStrategy(policy::load_balancing::from_value(value)?)
+        }
     })
 }
 
 /// Kong Mesh and Kuma policy kinds: known by name, so refusing one says why
 /// (not supported yet) instead of calling it an unknown kind.
-pub const KONG_POLICY_KINDS: [&str; 15] = [
-    "MeshLoadBalancingStrategy",
-    "MeshTimeout",
-    "MeshRetry",
-    "MeshCircuitBreaker",
-    "MeshHTTPRoute",
+pub const KONG_POLICY_KINDS: [&str; 10] = [
     "MeshTCPRoute",
     "MeshHealthCheck",
     "MeshAccessLog",

@@ -12,6 +12,7 @@ mod external_tls;
 mod hostname_generator;
 pub mod limits;
 mod mesh;
+pub mod policy;
 mod protocol;
 mod services;
 mod tags;
@@ -23,6 +24,7 @@ pub use document::{DocumentError, Resource, ResourceKind, parse_documents, parse
 pub use external_tls::{ExternalTls, SanMatch, TlsVersion, VerificationMode};
 pub use hostname_generator::{HostnameGenerator, HostnameTarget, NamedZone};
 pub use mesh::{CaBackend, CaKind, Mesh, MeshServicesMode, Mtls, MtlsMode};
+pub use policy::OutboundPolicies;
 pub use protocol::Protocol;
 pub use services::{
     DISPLAY_NAME_LABEL, ExternalEndpoint, MeshExternalService, MeshMultiZoneService, MeshService, ServicePort,

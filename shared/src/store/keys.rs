@@ -117,6 +117,11 @@ pub fn mesh_resource_sk(mesh: &str) -> String {
 /// The prefix of a mesh's MeshTrafficPermissions, which sidecars read.
 pub const PERMISSION_PREFIX: &str = "RES#MeshTrafficPermission#";
 
+/// The prefixes of a mesh's outbound policies, which sidecars read.
+pub fn outbound_policy_prefixes() -> [String; 5] {
+    crate::model::ResourceKind::OUTBOUND_POLICIES.map(|k| format!("RES#{}#", k.as_str()))
+}
+
 /// A used identity proof (by its signature), kept until it could no longer
 /// be fresh, so it is never accepted twice.
 pub fn proof_pk(signature: &str) -> String {

@@ -19,6 +19,7 @@
 pub mod body;
 pub mod policy;
 pub mod pool;
+pub mod route;
 pub mod stats;
 
 use std::convert::Infallible;
@@ -37,7 +38,7 @@ use loopmesh_shared::model::Protocol;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balance::{Balancer, EndpointState};
+use crate::balance::{Balancer, EndpointState, Outcome};
 use crate::proxy::{Io, ProxySettings, Route};
 use crate::pump::Activity;
 use body::{Captured, OnEnd, ReqBody, RespBody};
@@ -55,17 +56,56 @@ pub struct HttpOutbound {
     pub policy: ArcSwap<Policy>,
     pub pool: Arc<Pool>,
     pub stats: Arc<HttpStats>,
+    /// Requests being retried now (MeshCircuitBreaker maxRetries).
+    retrying: std::sync::atomic::AtomicU64,
+    /// Every outbound of the sidecar, for MeshHTTPRoute's backendRefs.
+    pub directory: Arc<Directory>,
 }
 
 impl HttpOutbound {
-    pub fn new(protocol: Protocol) -> Self {
+    pub fn new(protocol: Protocol, directory: Arc<Directory>) -> Self {
         let policy = Policy::defaults(protocol);
         let pool = Pool::new(protocol != Protocol::Http, policy.idle_timeout);
-        Self { protocol, policy: ArcSwap::from_pointee(policy), pool: Arc::new(pool), stats: Arc::default() }
+        Self {
+            protocol,
+            policy: ArcSwap::from_pointee(policy),
+            pool: Arc::new(pool),
+            stats: Arc::default(),
+            retrying: std::sync::atomic::AtomicU64::new(0),
+            directory,
+        }
     }
 
     fn h2(&self) -> bool {
         self.protocol != Protocol::Http
+    }
+}
+
+/// The sidecar's outbounds by service name: where a MeshHTTPRoute's
+/// backendRef sends a request.
+#[derive(Debug, Default)]
+pub struct Directory(ArcSwap<std::collections::HashMap<String, Vec<Arc<Route>>>>);
+
+impl Directory {
+    pub fn replace(&self, routes: &[Arc<Route>]) {
+        let mut by_name: std::collections::HashMap<String, Vec<Arc<Route>>> = std::collections::HashMap::new();
+        for r in routes {
+            by_name.entry(r.service.clone()).or_default().push(r.clone());
+        }
+        self.0.store(Arc::new(by_name));
+    }
+
+    /// The outbound a backendRef names (of its kind, when the view says kinds).
+    pub fn find(&self, d: &loopmesh_shared::model::policy::Destination) -> Option<Arc<Route>> {
+        use loopmesh_shared::model::policy::Destination;
+        let name = match d {
+            Destination::Mesh => return None,
+            Destination::MeshService { name }
+            | Destination::MeshExternalService { name }
+            | Destination::MeshMultiZoneService { name } => name,
+        };
+        let all = self.0.load();
+        all.get(name)?.iter().find(|r| d.selects(&r.service, r.kind.as_deref())).cloned()
     }
 }
 
@@ -135,6 +175,7 @@ struct InFlight(Arc<Ctx>);
 impl InFlight {
     fn new(ctx: &Arc<Ctx>) -> Self {
         ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+        ctx.http.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ctx.activity.touch();
         Self(ctx.clone())
     }
@@ -144,6 +185,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.activity.touch();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.http.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -201,16 +243,33 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
     let in_flight = InFlight::new(&ctx);
     let line = Line::new(&req);
     let grpc = is_grpc(req.headers());
+    let policy = ctx.http.policy.load_full();
+    // MeshCircuitBreaker maxRequests: past it, the circuit is open.
+    if stats.in_flight.load(Ordering::Relaxed) > u64::from(policy.limits.max_requests) {
+        return local(&ctx, &line, LocalReason::Overflow, grpc, 0);
+    }
     if is_upgrade(&req) {
         return upgrade(req, ctx.clone(), line, in_flight).await;
     }
-    let policy = ctx.http.policy.load_full();
     let deadline = policy.request_timeout.map(|t| line.started + t);
     let timed_out = |attempts| {
         stats.timeouts.fetch_add(1, Ordering::Relaxed);
         local(&ctx, &line, LocalReason::Timeout, grpc, attempts)
     };
     let (mut parts, body) = req.into_parts();
+    // MeshHTTPRoute: the rule this request falls under picks its service.
+    let rule = policy.routes.find(&parts);
+    let target = match rule.and_then(route::Rule::backend) {
+        None => ctx.route.clone(),
+        Some(d) => match ctx.http.directory.find(d) {
+            Some(r) => r,
+            None => return local(&ctx, &line, LocalReason::NoHealthyEndpoint, grpc, 0),
+        },
+    };
+    if let Some(rule) = rule {
+        route::modify(&mut parts.headers, &rule.request_headers);
+    }
+    let response_headers = rule.map(|r| r.response_headers.clone()).unwrap_or_default();
     prepare(&mut parts, ctx.http.h2());
     let mut captured = match until(deadline, Captured::read(body)).await {
         Some(Ok(c)) => c,
@@ -220,10 +279,11 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         }
         None => return timed_out(0),
     };
-    let balancer = ctx.route.balancer.load_full();
+    let balancer = target.balancer.load_full();
     let mut tried = [usize::MAX; REMEMBERED];
     let mut attempts = 0usize;
     let mut retries = 0u32;
+    let mut retrying = None;
     loop {
         let now = Instant::now();
         let remembered = attempts.min(REMEMBERED);
@@ -234,9 +294,10 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         tried[attempts % REMEMBERED] = i;
         attempts += 1;
         let endpoint = balancer.endpoints()[i].clone();
-        let failure = match until(deadline, sender(&ctx, &balancer, i)).await {
+        let failure = match until(deadline, sender(&ctx, &target, &balancer, i, &policy)).await {
             None => return timed_out(attempts),
-            Some(Err(())) => Failure::Connect,
+            Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
+            Some(Err(Refusal::Failed)) => Failure::Connect,
             Some(Ok(mut sender)) => {
                 let request = Request::from_parts(copy(&parts), captured.attempt());
                 endpoint.active.fetch_add(1, Ordering::Relaxed);
@@ -246,29 +307,27 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
                 };
                 let sent = until(attempt_deadline, sender.send(request)).await;
                 let failure = match sent {
-                    Some(Ok(response)) => {
+                    Some(Ok(mut response)) => {
                         let status = response.status().as_u16();
                         let grpc_status = grpc.then(|| grpc_status(response.headers())).flatten();
-                        let ejected = balancer.answered(i, status >= 500, Instant::now());
-                        if ejected {
-                            stats.ejections_5xx.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(service = %ctx.route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive 5xx answers");
-                        }
+                        let outcome = if status >= 500 { Outcome::ServerError(status) } else { Outcome::Success };
+                        record(&ctx, &balancer, i, outcome);
                         let failure = Failure::Status(status, grpc_status);
                         let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
                         if !(failed && may_retry(&policy, &parts.method, grpc, failure, retries, &captured)) {
+                            route::modify(response.headers_mut(), &response_headers);
                             return respond(&ctx, response, endpoint, sender, line, attempts, in_flight);
                         }
                         // The failed answer is dropped with its connection.
                         failure
                     }
                     Some(Err(e)) => {
-                        balancer.answered(i, true, Instant::now());
+                        record(&ctx, &balancer, i, Outcome::LocalFailure);
                         tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, error = %e, "request failed");
                         if is_refused(&e) { Failure::Refused } else { Failure::Reset }
                     }
                     None => {
-                        balancer.answered(i, true, Instant::now());
+                        record(&ctx, &balancer, i, Outcome::LocalFailure);
                         Failure::PerTryTimeout
                     }
                 };
@@ -279,7 +338,11 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return timed_out(attempts);
         }
-        if !may_retry(&policy, &parts.method, grpc, failure, retries, &captured) {
+        // MeshCircuitBreaker maxRetries: retries in flight at once, per outbound.
+        if retrying.is_none() && may_retry(&policy, &parts.method, grpc, failure, retries, &captured) {
+            retrying = Retrying::start(&ctx.http, policy.limits.max_retries);
+        }
+        if retrying.is_none() || !may_retry(&policy, &parts.method, grpc, failure, retries, &captured) {
             if failure == Failure::PerTryTimeout {
                 return timed_out(attempts);
             }
@@ -290,6 +353,45 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         stats.retries.fetch_add(1, Ordering::Relaxed);
         if until(deadline, tokio::time::sleep(policy.retry.backoff(retries))).await.is_none() {
             return timed_out(attempts);
+        }
+    }
+}
+
+/// A request being retried, counted against MeshCircuitBreaker's maxRetries.
+struct Retrying(Arc<HttpOutbound>);
+
+impl Retrying {
+    fn start(http: &Arc<HttpOutbound>, max: u32) -> Option<Self> {
+        let now = http.retrying.fetch_add(1, Ordering::Relaxed);
+        if now >= u64::from(max) {
+            http.retrying.fetch_sub(1, Ordering::Relaxed);
+            http.stats.retries_overflow.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(http.clone()))
+    }
+}
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Feeds an attempt's outcome to outlier detection, and says an ejection.
+fn record(ctx: &Ctx, balancer: &Balancer, i: usize, outcome: Outcome) {
+    if !balancer.record(i, outcome, Instant::now()) {
+        return;
+    }
+    let endpoint = &balancer.endpoints()[i].address;
+    match outcome {
+        Outcome::ServerError(_) => {
+            ctx.http.stats.ejections_5xx.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(service = %ctx.route.service, endpoint, "endpoint ejected after consecutive 5xx answers");
+        }
+        _ => {
+            ctx.route.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(service = %ctx.route.service, endpoint, "endpoint ejected after consecutive local failures (connect, reset, timeout)");
         }
     }
 }
@@ -315,9 +417,17 @@ async fn until<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> 
     }
 }
 
-/// A connection to endpoint `i`: one waiting in the pool, or a new one
-/// (connect failures count toward its ejection).
-async fn sender(ctx: &Ctx, balancer: &Balancer, i: usize) -> Result<Sender, ()> {
+/// Why no connection was lent.
+enum Refusal {
+    /// No connection could be made (counted toward the endpoint's ejection).
+    Failed,
+    /// MeshCircuitBreaker's maxConnections are all open and busy.
+    Overflow,
+}
+
+/// A connection to endpoint `i` of `target`: one waiting in the pool, or a
+/// new one (connect failures count toward its ejection).
+async fn sender(ctx: &Ctx, target: &Route, balancer: &Balancer, i: usize, policy: &Policy) -> Result<Sender, Refusal> {
     let endpoint = &balancer.endpoints()[i];
     let pool = &ctx.http.pool;
     while let Some(mut s) = pool.take(&endpoint.address) {
@@ -325,33 +435,33 @@ async fn sender(ctx: &Ctx, balancer: &Balancer, i: usize) -> Result<Sender, ()> 
             return Ok(s);
         }
     }
-    let opened = match open_io(ctx, endpoint).await {
+    if pool.open.load(Ordering::Relaxed) >= u64::from(policy.limits.max_connections) {
+        return Err(Refusal::Overflow);
+    }
+    let connect_timeout = policy.connect_timeout.unwrap_or(ctx.settings.connect_timeout);
+    let opened = match open_io(target, endpoint, connect_timeout).await {
         Some(io) => pool.open(&endpoint.address, io).await.map_err(|e| {
-            tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, error = %e, "HTTP handshake failed");
+            tracing::debug!(service = %target.service, endpoint = %endpoint.address, error = %e, "HTTP handshake failed");
         }),
         None => Err(()),
     };
     match opened {
         Ok(mut s) => {
             balancer.connected(i);
-            s.ready().await.map_err(|_| ())?;
+            s.ready().await.map_err(|_| Refusal::Failed)?;
             Ok(s)
         }
         Err(()) => {
-            ctx.route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            if balancer.failed(i, Instant::now()) {
-                ctx.route.stats.ejections.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(service = %ctx.route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive connect failures");
-            }
-            Err(())
+            target.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            record(ctx, balancer, i, Outcome::LocalFailure);
+            Err(Refusal::Failed)
         }
     }
 }
 
-/// A connection to `endpoint`, secured as the TCP path secures one.
-async fn open_io(ctx: &Ctx, endpoint: &EndpointState) -> Option<Box<dyn Io>> {
-    let route = &ctx.route;
-    let tcp = match tokio::time::timeout(ctx.settings.connect_timeout, crate::proxy::connect(&endpoint.target)).await {
+/// A connection to `endpoint` of `route`, secured as the TCP path secures one.
+async fn open_io(route: &Route, endpoint: &EndpointState, connect_timeout: Duration) -> Option<Box<dyn Io>> {
+    let tcp = match tokio::time::timeout(connect_timeout, crate::proxy::connect(&endpoint.target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(listen = %route.listen, endpoint = %endpoint.address, error = %e, "connect failed");
@@ -556,7 +666,9 @@ async fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, line: Line, in_fligh
         };
         tried[attempts] = i;
         attempts += 1;
-        match open_io(&ctx, &balancer.endpoints()[i]).await {
+        let policy = ctx.http.policy.load();
+        let timeout = policy.connect_timeout.unwrap_or(ctx.settings.connect_timeout);
+        match open_io(&ctx.route, &balancer.endpoints()[i], timeout).await {
             Some(io) => {
                 balancer.connected(i);
                 break (i, io);

@@ -6,10 +6,16 @@
 use std::time::Duration;
 
 use hyper::Method;
-use loopmesh_shared::model::Protocol;
+use loopmesh_shared::model::policy::{
+    CircuitBreakerConf, LoadBalancingConf, LoadBalancingType, RetryConf, TimeoutConf, applicable,
+};
+use loopmesh_shared::model::{Labels, OutboundPolicies, Protocol};
+
+use super::route::Routes;
+use crate::balance::{Algorithm, Balancing, Outlier};
 
 /// The effective settings of one outbound.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// From the request's start to the response's headers, retries
     /// included (MeshTimeout `http.requestTimeout`, 15 s); `None`: no limit.
@@ -20,7 +26,28 @@ pub struct Policy {
     /// A client connection with no request in flight this long is closed
     /// (MeshTimeout `idleTimeout`, 1 h).
     pub idle_timeout: Duration,
+    /// MeshTimeout `connectionTimeout`; `None`: the sidecar's `--connect-timeout`.
+    pub connect_timeout: Option<Duration>,
     pub retry: Retry,
+    /// MeshCircuitBreaker's connection limits.
+    pub limits: Limits,
+    /// MeshHTTPRoute rules, most specific first.
+    pub routes: Routes,
+}
+
+/// What may be in flight to one outbound at once (Kuma's defaults: 1,024
+/// connections and requests, 3 retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 1024, max_requests: 1024, max_retries: 3 }
+    }
 }
 
 /// MeshRetry's `http` or `grpc` section.
@@ -84,6 +111,9 @@ impl Policy {
             request_timeout: Some(Duration::from_secs(15)),
             stream_idle_timeout: Some(Duration::from_secs(30 * 60)),
             idle_timeout: Duration::from_secs(3600),
+            connect_timeout: None,
+            limits: Limits::default(),
+            routes: Routes::default(),
             retry: Retry {
                 num_retries: DEFAULT_RETRIES,
                 per_try_timeout: Some(DEFAULT_PER_TRY),
@@ -93,6 +123,154 @@ impl Policy {
             },
         }
     }
+}
+
+/// What the mesh's policies make of one outbound of this sidecar: the
+/// outbound's settings and its balancer's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub policy: Policy,
+    pub balancing: Balancing,
+    /// MeshLoadBalancingStrategy's `localityAwareness.disabled`.
+    pub ignore_zones: bool,
+    /// MeshRetry `tcp.maxConnectAttempt`.
+    pub connect_attempts: Option<u32>,
+    /// MeshTimeout `idleTimeout`, when a policy sets it (TCP outbounds).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Resolves the policies that apply to the outbound `service` (of view kind
+/// `kind`) of a sidecar whose inbounds carry `inbounds`: each kind's
+/// matching `to` confs merged in Kuma's order over the Mesh's defaults.
+pub fn resolve(
+    protocol: Protocol,
+    policies: &OutboundPolicies,
+    inbounds: &[Labels],
+    service: &str,
+    kind: Option<&str>,
+) -> Resolved {
+    let mut policy = Policy::defaults(protocol);
+    let ms = |v: u64| Duration::from_millis(v);
+    // Kuma: zero disables a timeout.
+    let limit = |v: u64| (v > 0).then(|| ms(v));
+
+    let mut timeout = TimeoutConf::default();
+    for c in applicable(&policies.timeouts, inbounds, service, kind) {
+        timeout.merge(c);
+    }
+    if let Some(v) = timeout.connection_timeout_ms {
+        policy.connect_timeout = limit(v);
+    }
+    if let Some(v) = timeout.idle_timeout_ms {
+        policy.idle_timeout = limit(v).unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+    }
+    if let Some(v) = timeout.request_timeout_ms {
+        policy.request_timeout = limit(v);
+    }
+    if let Some(v) = timeout.stream_idle_timeout_ms {
+        policy.stream_idle_timeout = limit(v);
+    }
+
+    let mut retry = RetryConf::default();
+    for c in applicable(&policies.retries, inbounds, service, kind) {
+        if c.tcp_max_connect_attempt.is_some() {
+            retry.tcp_max_connect_attempt = c.tcp_max_connect_attempt;
+        }
+        for (mine, theirs) in [(&mut retry.http, &c.http), (&mut retry.grpc, &c.grpc)] {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_with(Default::default).merge(theirs);
+            }
+        }
+    }
+    let section = if protocol == Protocol::Grpc { retry.grpc.as_ref() } else { retry.http.as_ref() };
+    if let Some(s) = section {
+        let r = &mut policy.retry;
+        if let Some(n) = s.num_retries {
+            r.num_retries = n;
+        }
+        if let Some(t) = s.per_try_timeout_ms {
+            r.per_try_timeout = limit(t);
+        }
+        if let Some(b) = s.base_interval_ms {
+            r.base_interval = ms(b.max(1));
+            // Kuma: the maximum defaults to ten times the base.
+            r.max_interval = ms(s.max_interval_ms.unwrap_or(b.saturating_mul(10)).max(b));
+        } else if let Some(m) = s.max_interval_ms {
+            r.max_interval = ms(m).max(r.base_interval);
+        }
+        if let Some(list) = &s.retry_on {
+            r.on = retry_on(list);
+        }
+    }
+
+    let mut breaker = CircuitBreakerConf::default();
+    for c in applicable(&policies.circuit_breakers, inbounds, service, kind) {
+        breaker.merge(c);
+    }
+    let l = &mut policy.limits;
+    l.max_connections = breaker.max_connections.unwrap_or(l.max_connections);
+    l.max_requests = breaker.max_requests.unwrap_or(l.max_requests);
+    l.max_retries = breaker.max_retries.unwrap_or(l.max_retries);
+    let mut outlier = Outlier::default();
+    let detectors = [breaker.consecutive_total, breaker.consecutive_gateway, breaker.consecutive_local];
+    if detectors.iter().any(Option::is_some) {
+        // The detectors a policy lists are the ones on.
+        let split = breaker.split_external_and_local_errors.unwrap_or(false);
+        outlier.total = breaker.consecutive_total;
+        outlier.gateway = breaker.consecutive_gateway;
+        outlier.local = if split { breaker.consecutive_local } else { None };
+        outlier.split = split;
+    }
+    outlier.disabled = breaker.outlier_disabled.unwrap_or(false);
+    if let Some(b) = breaker.base_ejection_time_ms {
+        outlier.base_ejection = ms(b.max(1));
+    }
+    outlier.max_ejection_percent = breaker.max_ejection_percent;
+
+    let mut lb = LoadBalancingConf::default();
+    for c in applicable(&policies.load_balancing, inbounds, service, kind) {
+        lb.merge(c);
+    }
+    let algorithm = match lb.algorithm {
+        None => Algorithm::default(),
+        Some(LoadBalancingType::LeastRequest { choice_count }) => Algorithm::LeastRequest(choice_count),
+        Some(LoadBalancingType::Random) => Algorithm::Random,
+        Some(LoadBalancingType::RoundRobin) => Algorithm::RoundRobin,
+    };
+
+    policy.routes = Routes::build(applicable(&policies.http_routes, inbounds, service, kind));
+    Resolved {
+        policy,
+        balancing: Balancing { algorithm, outlier },
+        ignore_zones: lb.locality_disabled.unwrap_or(false),
+        connect_attempts: retry.tcp_max_connect_attempt,
+        idle_timeout: timeout.idle_timeout_ms.map(|v| limit(v).unwrap_or(Duration::from_secs(u64::from(u32::MAX)))),
+    }
+}
+
+/// A MeshRetry `retryOn` list as conditions. `5xx` also covers failed
+/// connects, refused streams and resets, as in Envoy.
+fn retry_on(list: &[loopmesh_shared::model::policy::retry::RetryOn]) -> RetryOn {
+    use loopmesh_shared::model::policy::retry::RetryOn as On;
+    let mut on = RetryOn::default();
+    for c in list {
+        match c {
+            On::ServerError => {
+                on.server_error = true;
+                on.connect_failure = true;
+                on.refused_stream = true;
+                on.reset = true;
+            }
+            On::GatewayError => on.gateway_error = true,
+            On::Reset => on.reset = true,
+            On::ConnectFailure => on.connect_failure = true,
+            On::RefusedStream => on.refused_stream = true,
+            On::Status(s) => on.statuses.push(*s),
+            On::Method(m) => on.methods.extend(Method::from_bytes(m.as_bytes()).ok()),
+            On::Grpc(g) => on.grpc.push(*g),
+        }
+    }
+    on
 }
 
 /// Why an attempt failed, as far as retrying is concerned.

@@ -60,6 +60,8 @@ pub struct HttpStats {
     /// Responses by status class: 1xx .. 5xx (local replies included).
     pub by_class: [AtomicU64; 5],
     pub retries: AtomicU64,
+    /// Retries not made because MeshCircuitBreaker's maxRetries were in flight.
+    pub retries_overflow: AtomicU64,
     /// Requests ended by the request timeout or a per-try timeout.
     pub timeouts: AtomicU64,
     /// Local replies, by [`LocalReason`] in the order of `ALL`.

@@ -115,7 +115,16 @@ impl DynamoMeshView {
         .iter()
         .map(|item| Ok((text(item, keys::SK).unwrap_or_default().to_owned(), permission_from_item(mesh, item)?)))
         .collect::<Result<_, StoreError>>()?;
-        Ok(Security { resource, roots, permissions })
+        let mut policies = Vec::new();
+        for prefix in keys::outbound_policy_prefixes() {
+            let items =
+                query_counted(&self.client, &self.table, &keys::mesh_pk(mesh), &prefix, None, Some(&self.usage))
+                    .await?;
+            for item in &items {
+                policies.push((text(item, keys::SK).unwrap_or_default().to_owned(), policy_from_item(mesh, item)?));
+            }
+        }
+        Ok(Security { resource, roots, permissions, policies })
     }
 
     /// The mesh's endpoints, each with its sort key: one Query.
@@ -217,6 +226,8 @@ pub struct Security {
     pub resource: Option<(String, Mesh)>,
     pub roots: Vec<(String, StoredRoot)>,
     pub permissions: Vec<(String, MeshTrafficPermission)>,
+    /// Outbound policies (MeshTimeout, MeshRetry, ...).
+    pub policies: Vec<(String, Resource)>,
 }
 
 /// A change item: when it was written and what it changed.
@@ -238,6 +249,8 @@ pub enum MeshItem {
     /// A backend's root certificate.
     Root(StoredRoot),
     Permission(Box<MeshTrafficPermission>),
+    /// An outbound policy.
+    Policy(Box<Resource>),
 }
 
 fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
@@ -252,6 +265,8 @@ fn mesh_item(mesh: &str, item: &Item) -> Result<Option<MeshItem>, StoreError> {
         Ok(super::ca::root_from_item(item).map(MeshItem::Root))
     } else if sk.starts_with(keys::PERMISSION_PREFIX) {
         Ok(Some(MeshItem::Permission(Box::new(permission_from_item(mesh, item)?))))
+    } else if keys::outbound_policy_prefixes().iter().any(|p| sk.starts_with(p.as_str())) {
+        Ok(Some(MeshItem::Policy(Box::new(policy_from_item(mesh, item)?))))
     } else {
         Ok(None)
     }
@@ -264,6 +279,12 @@ fn permission_from_item(mesh: &str, item: &Item) -> Result<MeshTrafficPermission
         Ok(other) => Err(StoreError::corrupt(format!("{sk:?} in mesh {mesh} holds a {}", other.kind()))),
         Err(e) => Err(StoreError::corrupt(format!("{sk:?} in mesh {mesh} no longer validates: {e}"))),
     }
+}
+
+fn policy_from_item(mesh: &str, item: &Item) -> Result<Resource, StoreError> {
+    let sk = text(item, keys::SK).unwrap_or_default();
+    parse_one(text(item, attr::DOC).unwrap_or_default())
+        .map_err(|e| StoreError::corrupt(format!("{sk:?} in mesh {mesh} no longer validates: {e}")))
 }
 
 fn endpoint_entry(mesh: &str, item: &Item) -> Result<EndpointEntry, StoreError> {

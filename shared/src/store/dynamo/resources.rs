@@ -28,6 +28,7 @@ pub struct DynamoResources {
 /// The applied kinds a sidecar reads with its view.
 fn sidecars_read(kind: ResourceKind) -> bool {
     matches!(kind, ResourceKind::Mesh | ResourceKind::MeshTrafficPermission)
+        || ResourceKind::OUTBOUND_POLICIES.contains(&kind)
 }
 
 fn partition(mesh: Option<&str>) -> String {
