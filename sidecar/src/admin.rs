@@ -91,7 +91,7 @@ impl Admin {
         let outbounds = self.listeners.outbounds();
         let inbounds: Vec<Arc<Route>> = self.listeners.inbounds().into_iter().map(|(_, r)| r).collect();
         type Read = fn(&Route) -> u64;
-        let series: [(&str, &str, &str, Read); 9] = [
+        let series: [(&str, &str, &str, Read); 11] = [
             ("connections_active", "gauge", "open connections", |r| r.stats.active.load(Ordering::Relaxed)),
             ("connections_total", "counter", "accepted connections", |r| r.stats.total.load(Ordering::Relaxed)),
             ("bytes_sent_total", "counter", "bytes from the client to the endpoint", |r| {
@@ -111,6 +111,12 @@ impl Admin {
             }),
             ("idle_closed_total", "counter", "connections closed by the idle timeout", |r| {
                 r.stats.idle_closed.load(Ordering::Relaxed)
+            }),
+            ("upstream_failures_total", "counter", "connections the endpoint's side ended with an error", |r| {
+                r.stats.upstream_failures.load(Ordering::Relaxed)
+            }),
+            ("client_aborts_total", "counter", "connections the client's side ended with an error", |r| {
+                r.stats.client_aborts.load(Ordering::Relaxed)
             }),
             ("endpoints", "gauge", "endpoints in the view (healthy or not)", |r| {
                 r.balancer.load().endpoints().len() as u64

@@ -224,10 +224,6 @@ impl Balancer {
         }
     }
 
-    pub fn connected(&self, i: usize) {
-        self.endpoints[i].failures.store(0, Ordering::Relaxed);
-    }
-
     /// Counts a connect failure; returns true when it ejected the endpoint.
     pub fn failed(&self, i: usize, now: Instant) -> bool {
         self.record(i, Outcome::LocalFailure, now)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{Balancer, EndpointState, Target};
-use crate::pump::{Activity, Flow, carry};
+use crate::pump::{Activity, Flow, Peer, carry};
 use crate::tls::{Active, ExternalOrigin, Mtls, MtlsStats};
 use loopmesh_shared::model::{Labels, MtlsMode};
 use loopmesh_shared::mtls::permission::{Decision, decide};
@@ -51,6 +51,10 @@ pub struct Stats {
     pub no_endpoint: AtomicU64,
     pub ejections: AtomicU64,
     pub idle_closed: AtomicU64,
+    /// Connections the endpoint's side ended with an error.
+    pub upstream_failures: AtomicU64,
+    /// Connections the client's side ended with an error.
+    pub client_aborts: AtomicU64,
     /// client -> endpoint
     pub bytes_sent: AtomicU64,
     /// endpoint -> client
@@ -323,7 +327,7 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
     // On the stack: no allocation per connection for the retry bookkeeping.
     let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
     let mut attempts = 0;
-    let (endpoint, upstream) = loop {
+    let (i, endpoint, upstream) = loop {
         let next = if attempts < max_attempts { balancer.pick(&tried[..attempts], Instant::now()) } else { None };
         let Some(i) = next else {
             stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
@@ -334,10 +338,9 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
         attempts += 1;
         let endpoint: &Arc<EndpointState> = &balancer.endpoints()[i];
         match tokio::time::timeout(connect_timeout, connect(&endpoint.target)).await {
-            Ok(Ok(s)) => {
-                balancer.connected(i);
-                break (endpoint.clone(), s);
-            }
+            // A connect alone is no success: a peer sidecar accepts even
+            // when its application is gone. What the connection carries decides.
+            Ok(Ok(s)) => break (i, endpoint.clone(), s),
             failed => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 // Formatted only when debug logging is on: this is the connect path.
@@ -354,7 +357,6 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
             }
         }
     };
-    drop(balancer);
     let Some(upstream) =
         secure(route, &endpoint, upstream, active.as_ref().map(|(m, a)| (m.as_ref(), a.as_ref()))).await
     else {
@@ -374,15 +376,49 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
             tokio::time::sleep_until(deadline).await;
         }
     };
-    let outcome = tokio::select! {
+    let end = tokio::select! {
         biased;
-        r = carry_any(client, upstream, &flow) => r.err().map(|e| e.to_string()),
-        () = idle => {
-            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-            Some("idle timeout".to_owned())
-        }
+        r = carry_any(client, upstream, &flow) => match r {
+            Ok(()) => End::Closed,
+            Err(e) => match crate::pump::failed_peer(&e) {
+                Some(Peer::Upstream) => End::Upstream(e),
+                Some(Peer::Client) => End::Client(e),
+                None => End::Sidecar(e),
+            },
+        },
+        () = idle => End::Idle,
     };
     let (sent, received) = (sent.into_inner(), received.into_inner());
+    // Typed outcomes feed outlier detection: an upstream that failed before
+    // sending a byte (a peer sidecar whose application is gone resets the
+    // connection) counts toward its ejection; one that answered is a
+    // success; a client leaving says nothing of the endpoint.
+    match &end {
+        End::Idle => {
+            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+        }
+        End::Client(_) => {
+            stats.client_aborts.fetch_add(1, Ordering::Relaxed);
+        }
+        End::Upstream(_) => {
+            stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        End::Closed | End::Sidecar(_) => {}
+    }
+    if !route.inbound {
+        let outcome = match &end {
+            End::Upstream(_) if received == 0 => Some(crate::balance::Outcome::LocalFailure),
+            _ if received > 0 => Some(crate::balance::Outcome::Success),
+            _ => None,
+        };
+        if let Some(outcome) = outcome
+            && balancer.record(i, outcome, Instant::now())
+        {
+            stats.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(service = %route.service, endpoint = %endpoint.address, "endpoint ejected after consecutive failures (connect, or reset before answering)");
+        }
+    }
+    drop(balancer);
     stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
     stats.bytes_received.fetch_add(received, Ordering::Relaxed);
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
@@ -397,7 +433,7 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
             sent,
             received,
             duration_ms = started.elapsed().as_millis() as u64,
-            end = outcome.as_deref().unwrap_or("closed"),
+            end = %end,
         );
     }
 }
@@ -431,6 +467,28 @@ pub(crate) async fn secure(
                 }
             },
         },
+    }
+}
+
+/// How a carried connection ended.
+enum End {
+    Closed,
+    Idle,
+    /// The endpoint's side failed (reset, refused write).
+    Upstream(std::io::Error),
+    /// The client's side failed.
+    Client(std::io::Error),
+    /// The sidecar's own (no pipe, ...).
+    Sidecar(std::io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed"),
+            Self::Idle => f.write_str("idle timeout"),
+            Self::Upstream(e) | Self::Client(e) | Self::Sidecar(e) => write!(f, "{e}"),
+        }
     }
 }
 

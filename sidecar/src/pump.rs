@@ -20,6 +20,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// One side of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Upstream,
+}
+
+/// An I/O error of one side, so that what ended a connection is told
+/// apart: the upstream failing feeds its ejection, the client leaving does not.
+#[derive(Debug)]
+struct Failed {
+    peer: Peer,
+    error: io::Error,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.peer {
+            Peer::Client => write!(f, "client: {}", self.error),
+            Peer::Upstream => write!(f, "upstream: {}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// Tags `error` as `peer`'s.
+fn at(peer: Peer, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), Failed { peer, error })
+}
+
+/// Which side an error of [`carry`] or [`carry_streams`] came from
+/// (`None`: the sidecar's own, such as no pipe).
+pub fn failed_peer(e: &io::Error) -> Option<Peer> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<Failed>()).map(|f| f.peer)
+}
+
 /// Byte counters of a connection's two directions and its last activity.
 #[derive(Debug)]
 pub struct Flow<'a> {
@@ -62,6 +99,9 @@ impl Default for Activity {
 
 /// What one direction reports to, and shares with, the other.
 struct Side<'a> {
+    /// Who the bytes come from, and who they go to.
+    from: Peer,
+    to: Peer,
     carried: &'a AtomicU64,
     activity: &'a Activity,
     /// Set by the first direction to end.
@@ -89,8 +129,20 @@ impl Side<'_> {
 pub async fn carry(client: &TcpStream, upstream: &TcpStream, flow: &Flow<'_>) -> io::Result<()> {
     let one_ended = AtomicBool::new(false);
     let (sent, received) = (
-        Side { carried: flow.sent, activity: flow.activity, one_ended: &one_ended },
-        Side { carried: flow.received, activity: flow.activity, one_ended: &one_ended },
+        Side {
+            from: Peer::Client,
+            to: Peer::Upstream,
+            carried: flow.sent,
+            activity: flow.activity,
+            one_ended: &one_ended,
+        },
+        Side {
+            from: Peer::Upstream,
+            to: Peer::Client,
+            carried: flow.received,
+            activity: flow.activity,
+            one_ended: &one_ended,
+        },
     );
     tokio::try_join!(one_way(client, upstream, &sent), one_way(upstream, client, &received))?;
     Ok(())
@@ -107,13 +159,19 @@ where
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
     tokio::try_join!(
-        copy_counted(&mut a_read, &mut b_write, flow.sent, flow.activity),
-        copy_counted(&mut b_read, &mut a_write, flow.received, flow.activity),
+        copy_counted(&mut a_read, &mut b_write, flow.sent, flow.activity, (Peer::Client, Peer::Upstream)),
+        copy_counted(&mut b_read, &mut a_write, flow.received, flow.activity, (Peer::Upstream, Peer::Client)),
     )?;
     Ok(())
 }
 
-async fn copy_counted<R, W>(from: &mut R, to: &mut W, carried: &AtomicU64, activity: &Activity) -> io::Result<()>
+async fn copy_counted<R, W>(
+    from: &mut R,
+    to: &mut W,
+    carried: &AtomicU64,
+    activity: &Activity,
+    (from_peer, to_peer): (Peer, Peer),
+) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -122,14 +180,14 @@ where
     // A TLS record holds at most 16 KiB of plain text.
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
-        let n = from.read(&mut buffer).await?;
+        let n = from.read(&mut buffer).await.map_err(|e| at(from_peer, e))?;
         if n == 0 {
             // Half-close the other side, as TCP does (a TLS side sends close_notify).
             let _ = to.shutdown().await;
             return Ok(());
         }
-        to.write_all(&buffer[..n]).await?;
-        to.flush().await?;
+        to.write_all(&buffer[..n]).await.map_err(|e| at(to_peer, e))?;
+        to.flush().await.map_err(|e| at(to_peer, e))?;
         carried.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
@@ -146,7 +204,7 @@ mod splice {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::Side;
+    use super::{Side, at};
 
     /// A read that fills the per-thread buffer marks a bulk flow. At most
     /// two pages, so what the peer did not take always fits a new pipe:
@@ -207,7 +265,7 @@ mod splice {
 
     pub(super) async fn one_way(from: &TcpStream, to: &TcpStream, side: &Side<'_>) -> io::Result<()> {
         loop {
-            from.readable().await?;
+            from.readable().await.map_err(|e| at(side.from, e))?;
             match BUFFER.with_borrow_mut(|buf| copy(from, to, buf, side))? {
                 Step::Again | Step::Copied => {}
                 Step::Ended => {
@@ -237,12 +295,12 @@ mod splice {
             Ok(n) => n,
             Err(e) if would_block(&e) && short > 0 => short,
             Err(e) if would_block(&e) => return Ok(Step::Again),
-            Err(e) => return Err(e),
+            Err(e) => return Err(at(side.from, e)),
         };
         let written = match to.try_write(&buf[..n]) {
             Ok(w) => w,
             Err(e) if would_block(&e) => 0,
-            Err(e) => return Err(e),
+            Err(e) => return Err(at(side.to, e)),
         };
         side.moved(written);
         if written == n && n < buf.len() {
@@ -303,7 +361,7 @@ mod splice {
                     Ok(Some(n)) => held += n,
                     Ok(None) => room = false,
                     Err(e) if would_block(&e) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(at(side.from, e)),
                 }
             }
             if held > 0 {
@@ -316,7 +374,7 @@ mod splice {
                         side.moved(m);
                     }
                     Err(e) if would_block(&e) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(at(side.to, e)),
                 }
             }
             if !grown && side.carried.load(std::sync::atomic::Ordering::Relaxed) >= GROW_AFTER {
@@ -339,7 +397,7 @@ use splice::one_way;
 async fn one_way(from: &TcpStream, to: &TcpStream, side: &Side<'_>) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        from.readable().await?;
+        from.readable().await.map_err(|e| at(side.from, e))?;
         if buf.is_empty() {
             buf.resize(16 * 1024, 0);
         }
@@ -350,15 +408,15 @@ async fn one_way(from: &TcpStream, to: &TcpStream, side: &Side<'_>) -> io::Resul
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(at(side.from, e)),
         };
         let mut done = 0;
         while done < n {
-            to.writable().await?;
+            to.writable().await.map_err(|e| at(side.to, e))?;
             match to.try_write(&buf[done..n]) {
                 Ok(m) => done += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(at(side.to, e)),
             }
         }
         side.moved(n);

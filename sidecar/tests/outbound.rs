@@ -373,3 +373,53 @@ async fn an_explicit_outbound_of_the_pre_2_11_form_serves_its_service() {
     assert_eq!(count.load(Ordering::Relaxed), 1, "it reached the redis endpoint");
     assert!(TcpStream::connect(a).await.is_err(), "no VIP listener without --bind-outbounds");
 }
+
+/// A peer sidecar whose application is gone: it accepts, then resets the
+/// connection without a byte (what it read is unread: the kernel sends RST).
+async fn accepts_then_resets() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                // Wait for the client's bytes, leave them unread, and close.
+                let _ = s.readable().await;
+                socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+                drop(s);
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test]
+async fn an_endpoint_that_resets_before_answering_is_ejected_and_a_leaving_client_is_not_its_fault() {
+    let (good, _, _task) = echo().await;
+    let gone = accepts_then_resets().await;
+    let at = vip(40);
+    let l = listeners(None, Duration::from_secs(1));
+    l.apply(view(vec![outbound("api", at, &[(good, None), (gone, None)])])).unwrap();
+    let r = route(&l, at);
+    let mut answered = 0;
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(at).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        if tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await.is_ok_and(|r| r.is_ok()) {
+            answered += 1;
+        }
+    }
+    assert!(r.stats.upstream_failures.load(Ordering::Relaxed) >= 3, "the resets are the endpoint's");
+    assert_eq!(r.stats.ejections.load(Ordering::Relaxed), 1, "three in a row eject it");
+    assert!(answered >= 40 - 4, "after its ejection every connection reaches the good endpoint: {answered} of 40");
+
+    // A client that leaves mid-connection (reset) says nothing against the endpoint.
+    let before = r.stats.upstream_failures.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        let s = TcpStream::connect(at).await.unwrap();
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.stats.upstream_failures.load(Ordering::Relaxed), before);
+}

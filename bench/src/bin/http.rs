@@ -9,13 +9,14 @@
 //!   previous one returns);
 //! - memory per idle client connection and per 1,000 pooled upstream ones.
 //!
+//! Every proxy runs on one thread (haproxy `nbthread 1`, one nginx worker,
+//! the sidecar's `--workers 1`): the load generators need the other core.
+//!
 //! Needs wrk, h2load, nginx and haproxy on PATH (`bench/run http` installs them).
 #![allow(clippy::unwrap_used, clippy::disallowed_types)] // a benchmark measures wall time and fails loudly
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -142,6 +143,81 @@ async fn paced(target: SocketAddr, h2: bool, rate: f64, secs: f64) -> (f64, f64)
     (all[all.len() / 2], all[all.len() * 99 / 100])
 }
 
+/// CPU ticks of a process and its children (nginx's worker).
+fn cpu_tree(pid: u32) -> u64 {
+    let parent = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let children: u64 = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent(*p) == Some(pid))
+        .map(cpu_ticks)
+        .sum();
+    cpu_ticks(pid) + children
+}
+
+/// An HTTP/1.1 backend on each of `ips` at `port`, answering after `delay`,
+/// so that concurrent requests each hold an upstream connection.
+async fn slow_backend(ips: &[Ipv4Addr], port: u16, delay: Duration) {
+    for ip in ips {
+        let l = tokio::net::TcpListener::bind((*ip, port)).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        let body = http_body_util::Full::new(Bytes::from_static(b"pooled\n"));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service).await;
+                });
+            }
+        });
+    }
+}
+
+/// A sidecar serving `view_file` on one worker; returns it once ready.
+async fn sidecar(view_file: &std::path::Path, admin: SocketAddr) -> ChildGuard {
+    let child = spawn(
+        Command::new(workspace_binary("loopmesh-sidecar"))
+            .args(["run", "--bind-outbounds", "--view-file"])
+            .arg(view_file)
+            .args(["--admin-address", &admin.to_string(), "--workers", "1"])
+            .env("RUST_LOG", "warn"),
+    );
+    while admin_get(admin, "/ready").0 != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// Runs each load once per target: (requests per second, proxy CPU us per request).
+fn rates(targets: &[SocketAddr], pids: &[Option<u32>], load: fn(SocketAddr) -> f64) -> Vec<(f64, f64)> {
+    let secs: f64 = SECONDS.parse().unwrap();
+    targets
+        .iter()
+        .zip(pids)
+        .map(|(t, pid)| {
+            let before = pid.map_or(0, cpu_tree);
+            let rps = load(*t);
+            let spent = pid.map_or(0, cpu_tree) - before;
+            (rps, spent as f64 * 10_000.0 / (rps * secs))
+        })
+        .collect()
+}
+
+fn print_rates(names: &[&str], rows: &[(f64, f64)]) {
+    for (name, (rps, cpu)) in names.iter().zip(rows) {
+        println!(
+            "{name:<13} {rps:>9.0} req/s  {:>5.2}x direct  {:>5.2}x haproxy  proxy CPU {cpu:.1} us/request",
+            rps / rows[0].0,
+            rps / rows[1].0,
+        );
+    }
+}
+
 fn view(outbounds: &[(Ipv4Addr, &str, &str, &[SocketAddr])]) -> String {
     let items: Vec<String> = outbounds
         .iter()
@@ -170,12 +246,12 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("loopmesh-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (h1_backend, h2_backend, slow_port) = (port(0), port(0), free_port());
+    let (h1_backend, h2_backend) = (port(0), port(0));
     let _backend = nginx(
         &dir,
         "backend",
         &format!(
-            "  server {{ listen {h1_backend}; location / {{ return 200 'hello from the backend\\n'; }} }}\n  server {{ listen {h2_backend} http2; location / {{ return 200 'hello from the backend\\n'; }} }}\n  server {{ listen {slow_port}; location / {{ return 200 'pooled\\n'; }} }}"
+            "  server {{ listen {h1_backend}; location / {{ return 200 'hello from the backend\\n'; }} }}\n  server {{ listen {h2_backend} http2; location / {{ return 200 'hello from the backend\\n'; }} }}"
         ),
     );
     let (ha_h1, ha_h2) = (port(0), port(0));
@@ -189,15 +265,12 @@ async fn main() {
         ),
     );
 
-    // loopmesh: an http VIP, an http2 VIP, a tcp VIP to the same backend,
-    // and an http VIP over four addresses of the backend for the pool.
-    let (lm_h1, lm_h2, lm_tcp, lm_pool) = (
+    // loopmesh: an http VIP, an http2 VIP and a tcp VIP to the same backend.
+    let (lm_h1, lm_h2, lm_tcp) = (
         SocketAddr::from(([127, 30, 0, 1], 8080)),
         SocketAddr::from(([127, 30, 0, 2], 8080)),
         SocketAddr::from(([127, 30, 0, 3], 8080)),
-        SocketAddr::from(([127, 30, 0, 4], 8080)),
     );
-    let pool_endpoints: Vec<SocketAddr> = (1..=4).map(|i| SocketAddr::from(([127, 0, 0, i], slow_port))).collect();
     let view_file = dir.join("view.json");
     std::fs::write(
         &view_file,
@@ -205,21 +278,10 @@ async fn main() {
             (Ipv4Addr::new(127, 30, 0, 1), "h1", "http", &[h1_backend]),
             (Ipv4Addr::new(127, 30, 0, 2), "h2", "http2", &[h2_backend]),
             (Ipv4Addr::new(127, 30, 0, 3), "tcp", "tcp", &[h1_backend]),
-            (Ipv4Addr::new(127, 30, 0, 4), "pool", "http", &pool_endpoints),
         ]),
     )
     .unwrap();
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let sidecar = spawn(
-        Command::new(workspace_binary("loopmesh-sidecar"))
-            .args(["run", "--bind-outbounds", "--view-file"])
-            .arg(&view_file)
-            .args(["--admin-address", &admin.to_string()])
-            .env("RUST_LOG", "warn"),
-    );
-    while admin_get(admin, "/ready").0 != 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lm = sidecar(&view_file, SocketAddr::from(([127, 0, 0, 1], free_port()))).await;
     // Every target answers before anything is measured.
     for t in [h1_backend, ha_h1, ng_h1, lm_h1, lm_tcp] {
         paced(t, false, 100.0, 0.2).await;
@@ -227,57 +289,29 @@ async fn main() {
     for t in [h2_backend, ha_h2, ng_h2, lm_h2] {
         paced(t, true, 100.0, 0.2).await;
     }
-    let cpu = |pid: u32| cpu_ticks(pid);
+    let names = ["direct", "haproxy", "nginx", "loopmesh", "loopmesh tcp"];
+    let pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(lm.0.id()), Some(lm.0.id())];
 
     println!("HTTP/1.1 keep-alive, requests per second (wrk, 2 threads, 50 connections, {SECONDS} s)");
-    let names = ["direct", "haproxy", "nginx", "loopmesh", "loopmesh tcp"];
     let h1_targets = [h1_backend, ha_h1, ng_h1, lm_h1, lm_tcp];
-    let h1_pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(sidecar.0.id()), Some(sidecar.0.id())];
-    let mut h1_rps = [0.0; 5];
-    for (i, t) in h1_targets.iter().enumerate() {
-        let before = h1_pids[i].map_or(0, cpu);
-        h1_rps[i] = wrk(*t);
-        let spent = h1_pids[i].map_or(0, cpu) - before;
-        let per_request = spent as f64 * 10_000.0 / (h1_rps[i] * SECONDS.parse::<f64>().unwrap());
-        println!(
-            "{:<13} {:>9.0} req/s  {:>5.2}x direct  {:>5.2}x haproxy  proxy CPU {:.1} us/request",
-            names[i],
-            h1_rps[i],
-            h1_rps[i] / h1_rps[0],
-            h1_rps[i] / h1_rps[1].max(1.0),
-            per_request
-        );
-    }
+    let h1 = rates(&h1_targets, &pids, wrk);
+    print_rates(&names, &h1);
 
     println!(
         "\nHTTP/2, requests per second (h2load, 4 connections x 25 streams, {SECONDS} s; nginx proxies to HTTP/1.1)"
     );
     let h2_targets = [h2_backend, ha_h2, ng_h2, lm_h2];
-    let h2_pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(sidecar.0.id())];
-    let mut h2_rps = [0.0; 4];
-    for (i, t) in h2_targets.iter().enumerate() {
-        let before = h2_pids[i].map_or(0, cpu);
-        h2_rps[i] = h2load(*t);
-        let spent = h2_pids[i].map_or(0, cpu) - before;
-        let per_request = spent as f64 * 10_000.0 / (h2_rps[i] * SECONDS.parse::<f64>().unwrap());
-        println!(
-            "{:<13} {:>9.0} req/s  {:>5.2}x direct  {:>5.2}x haproxy  proxy CPU {:.1} us/request",
-            names[i],
-            h2_rps[i],
-            h2_rps[i] / h2_rps[0],
-            h2_rps[i] / h2_rps[1].max(1.0),
-            per_request
-        );
-    }
+    let h2 = rates(&h2_targets, &pids[..4], h2load);
+    print_rates(&names[..4], &h2);
 
-    for (label, h2, targets, peak) in
-        [("HTTP/1.1", false, &h1_targets[..4], h1_rps[1]), ("HTTP/2", true, &h2_targets[..], h2_rps[1])]
+    for (label, is_h2, targets, peak) in
+        [("HTTP/1.1", false, &h1_targets[..4], h1[1].0), ("HTTP/2", true, &h2_targets[..], h2[1].0)]
     {
         let rate = peak * 0.5;
         println!("\n{label} latency at {rate:.0} req/s (50 % of haproxy's peak), open loop, 8 connections, 4 s");
         let mut results = Vec::new();
         for t in targets {
-            results.push(paced(*t, h2, rate, 4.0).await);
+            results.push(paced(*t, is_h2, rate, 4.0).await);
         }
         let (d50, d99) = results[0];
         for (i, (p50, p99)) in results.iter().enumerate() {
@@ -291,15 +325,31 @@ async fn main() {
             );
         }
     }
+    drop(lm);
 
-    println!("\nmemory");
-    let base = rss_kib(&sidecar.0);
+    println!("\nmemory (a fresh sidecar of its own)");
+    let slow_port = free_port();
+    let pool_ips: Vec<Ipv4Addr> = (1..=4).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    slow_backend(&pool_ips, slow_port, Duration::from_millis(500)).await;
+    let pool_endpoints: Vec<SocketAddr> = pool_ips.iter().map(|ip| SocketAddr::from((*ip, slow_port))).collect();
+    let mem_view = dir.join("view-memory.json");
+    std::fs::write(
+        &mem_view,
+        view(&[
+            (Ipv4Addr::new(127, 31, 0, 1), "h1", "http", &[h1_backend]),
+            (Ipv4Addr::new(127, 31, 0, 2), "pool", "http", &pool_endpoints),
+        ]),
+    )
+    .unwrap();
+    let (mem_h1, mem_pool) = (SocketAddr::from(([127, 31, 0, 1], 8080)), SocketAddr::from(([127, 31, 0, 2], 8080)));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let lm = sidecar(&mem_view, admin).await;
+    paced(mem_h1, false, 100.0, 0.2).await;
+    let base = rss_kib(&lm.0);
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        let (mut s, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(lm_h1).await.unwrap()))
-                .await
-                .unwrap();
+        let io = TokioIo::new(TcpStream::connect(mem_h1).await.unwrap());
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
         tokio::spawn(conn);
         s.ready().await.unwrap();
         let req = Request::builder().uri("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
@@ -307,48 +357,38 @@ async fn main() {
         idle.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let with_idle = rss_kib(&sidecar.0);
+    let with_idle = rss_kib(&lm.0);
     println!(
-        "idle HTTP/1.1 client connections: {:.1} KiB each (1,000 open after one request; RSS {base} -> {with_idle} KiB)",
-        (with_idle.saturating_sub(base)) as f64 / 1000.0
+        "idle HTTP/1.1 client connections: {:.1} KiB each (1,000 kept open after one request each; RSS {base} -> {with_idle} KiB)",
+        with_idle.saturating_sub(base) as f64 / 1000.0
     );
     drop(idle);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // 1,000 requests at once through the pool VIP: as many upstream
+    // 1,000 requests at once on one HTTP/2 client connection to an http
+    // outbound whose backends answer after 500 ms: 1,000 upstream HTTP/1.1
     // connections, which then wait in the pool.
-    let before_pool = rss_kib(&sidecar.0);
-    let go = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..1000 {
-        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(lm_pool).await.unwrap()))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        clients.push(s);
-    }
-    go.store(true, Ordering::Relaxed);
+    let before_pool = rss_kib(&lm.0);
+    let io = TokioIo::new(TcpStream::connect(mem_pool).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
     let mut sends = tokio::task::JoinSet::new();
-    for mut s in clients {
+    for _ in 0..1000 {
+        let mut s = sender.clone();
         sends.spawn(async move {
             s.ready().await.unwrap();
-            let req = Request::builder().uri("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
+            let req = Request::builder().uri(format!("http://{mem_pool}/")).body(Empty::<Bytes>::new()).unwrap();
             s.send_request(req).await.unwrap().into_body().collect().await.unwrap();
-            s
         });
     }
-    let mut kept = Vec::new();
-    while let Some(s) = sends.join_next().await {
-        kept.push(s.unwrap());
+    while let Some(r) = sends.join_next().await {
+        r.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pooled = metric(admin, "loopmesh_http_upstream_connections_idle", "pool");
-    let with_pool = rss_kib(&sidecar.0);
-    drop(kept);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after_clients_left = rss_kib(&sidecar.0);
+    let with_pool = rss_kib(&lm.0);
     println!(
-        "pooled upstream connections: {pooled:.0} waiting after 1,000 concurrent requests; RSS {before_pool} -> {with_pool} KiB with them and their clients, {after_clients_left} KiB once the clients left: {:.0} KiB per 1,000 pooled",
-        (after_clients_left.saturating_sub(before_pool)) as f64 * 1000.0 / pooled.max(1.0)
+        "pooled upstream connections: {pooled:.0} waiting after 1,000 concurrent requests; RSS {before_pool} -> {with_pool} KiB: {:.0} KiB per 1,000 pooled (an upper bound: it also holds what the requests left in the allocator)",
+        with_pool.saturating_sub(before_pool) as f64 * 1000.0 / pooled.max(1.0)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

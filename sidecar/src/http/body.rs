@@ -9,7 +9,6 @@
 //! Nothing waits for a streaming body.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -25,7 +24,7 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// A request body as read so far.
 #[derive(Debug)]
 pub struct Captured {
-    chunks: Arc<[Bytes]>,
+    chunks: Vec<Bytes>,
     trailers: Option<HeaderMap>,
     /// The rest of a body that did not end within what was kept.
     rest: Option<Incoming>,
@@ -70,7 +69,7 @@ impl Captured {
                 },
             }
         };
-        Ok(Self { chunks: chunks.into(), trailers, rest: (!ended).then_some(body), whole: ended })
+        Ok(Self { chunks, trailers, rest: (!ended).then_some(body), whole: ended })
     }
 
     /// Whether the whole body is kept, so that it can be sent again.
@@ -87,7 +86,8 @@ impl Captured {
 /// The body an attempt sends upstream.
 #[derive(Debug)]
 pub struct ReqBody {
-    chunks: Arc<[Bytes]>,
+    /// Cloning `Bytes` shares them; an empty list allocates nothing.
+    chunks: Vec<Bytes>,
     next: usize,
     trailers: Option<HeaderMap>,
     rest: Option<Incoming>,
@@ -95,7 +95,7 @@ pub struct ReqBody {
 
 impl ReqBody {
     pub fn stream(body: Incoming) -> Self {
-        Self { chunks: Arc::new([]), next: 0, trailers: None, rest: Some(body) }
+        Self { chunks: Vec::new(), next: 0, trailers: None, rest: Some(body) }
     }
 }
 
@@ -139,6 +139,8 @@ impl Body for ReqBody {
 /// What happens when a response body ends: counted, logged, its
 /// connection returned to the pool.
 pub trait OnEnd: Send + Sync + 'static {
+    /// A frame moved (for the stream idle timeout).
+    fn moved(&self);
     /// `complete`: the body reached its end (else the client left or the
     /// endpoint failed mid-body).
     fn ended(&mut self, complete: bool);
@@ -215,7 +217,12 @@ impl Body for RespBody {
                 match &polled {
                     Poll::Ready(None) => this.finish(true),
                     Poll::Ready(Some(Err(_))) => this.finish(false),
-                    Poll::Ready(Some(Ok(_))) => this.check_end(),
+                    Poll::Ready(Some(Ok(_))) => {
+                        if let Some(on_end) = &this.on_end {
+                            on_end.moved();
+                        }
+                        this.check_end();
+                    }
                     Poll::Pending => {}
                 }
                 polled

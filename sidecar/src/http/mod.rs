@@ -147,24 +147,39 @@ pub async fn serve(client: TcpStream, route: Arc<Route>, http: Arc<HttpOutbound>
     builder.http2().max_concurrent_streams(1024);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
     let mut conn = std::pin::pin!(conn);
+    // Idle: no request in flight for the idle timeout; or requests in
+    // flight whose bodies moved nothing for the stream idle timeout (one
+    // watch per connection, not a timer per request).
+    let stream_idle = ctx.http.policy.load().stream_idle_timeout;
     let idle = async {
         loop {
-            let deadline = ctx.activity.idle_deadline(idle_timeout);
-            if deadline <= Instant::now() && ctx.in_flight.load(Ordering::Relaxed) == 0 {
-                return;
+            let busy = ctx.in_flight.load(Ordering::Relaxed) > 0;
+            let limit = if busy { stream_idle } else { Some(idle_timeout) };
+            let deadline = limit.map(|l| ctx.activity.idle_deadline(l));
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return busy;
             }
-            tokio::time::sleep_until(deadline.max(Instant::now() + Duration::from_secs(1))).await;
+            let next = deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
+            tokio::time::sleep_until(next.max(Instant::now() + Duration::from_secs(1))).await;
         }
     };
-    let result = tokio::select! {
+    let stalled = tokio::select! {
         biased;
-        r = conn.as_mut() => Some(r),
-        () = idle => None,
+        _ = conn.as_mut() => None,
+        busy = idle => Some(busy),
     };
-    if result.is_none() {
-        route.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+    match stalled {
+        None => {}
+        // Requests stalled past the stream idle timeout: the connection ends with them.
+        Some(true) => {
+            route.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            ctx.http.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(false) => {
+            route.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
     route.stats.active.fetch_sub(1, Ordering::Relaxed);
 }
@@ -191,32 +206,30 @@ impl Drop for InFlight {
 
 /// What the access log says of a request.
 struct Line {
-    method: Method,
-    path: String,
+    /// Method and path, kept only when the access log is on.
+    request: Option<(Method, String)>,
     started: Instant,
 }
 
 impl Line {
-    fn new(req: &Request<Incoming>) -> Self {
-        Self {
-            method: req.method().clone(),
-            path: req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
-            started: Instant::now(),
-        }
+    fn new(req: &Request<Incoming>, access_log: bool) -> Self {
+        let request = access_log.then(|| {
+            let path = req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned());
+            (req.method().clone(), path)
+        });
+        Self { request, started: Instant::now() }
     }
 
     fn log(&self, ctx: &Ctx, endpoint: &str, status: u16, attempts: usize, end: &str) {
-        if !ctx.settings.access_log {
-            return;
-        }
+        let Some((method, path)) = &self.request else { return };
         tracing::info!(
             target: "access",
             service = %ctx.route.service,
             listen = %ctx.route.listen,
             client = %ctx.client.as_deref().unwrap_or_default(),
             endpoint,
-            method = %self.method,
-            path = %self.path,
+            method = %method,
+            path = %path,
             status,
             attempts,
             duration_ms = self.started.elapsed().as_millis() as u64,
@@ -241,7 +254,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
     let stats = &ctx.http.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight::new(&ctx);
-    let line = Line::new(&req);
+    let line = Line::new(&req, ctx.settings.access_log);
     let grpc = is_grpc(req.headers());
     let policy = ctx.http.policy.load_full();
     // MeshCircuitBreaker maxRequests: past it, the circuit is open.
@@ -446,8 +459,9 @@ async fn sender(ctx: &Ctx, target: &Route, balancer: &Balancer, i: usize, policy
         None => Err(()),
     };
     match opened {
+        // The answer, not the connect, counts as a success (a peer sidecar
+        // accepts even when its application is gone).
         Ok(mut s) => {
-            balancer.connected(i);
             s.ready().await.map_err(|_| Refusal::Failed)?;
             Ok(s)
         }
@@ -525,29 +539,36 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// origin form with `Host`.
 fn prepare(parts: &mut Parts, h2: bool) {
     strip_hop_by_hop(&mut parts.headers);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     if h2 {
         parts.version = Version::HTTP_2;
-        let authority = authority.unwrap_or_else(|| "localhost".to_owned());
+        // A request that came over HTTP/2 has its scheme and authority already.
+        if parts.uri.scheme().is_some() && parts.uri.authority().is_some() {
+            parts.headers.remove(header::HOST);
+            return;
+        }
+        let authority = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or("localhost")
+            .to_owned();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         if let Ok(uri) = Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
             parts.uri = uri;
         }
         parts.headers.remove(header::HOST);
     } else {
         parts.version = Version::HTTP_11;
-        if let Some(a) = authority
-            && !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&a)
+        // The origin form HTTP/1.1 clients send is kept as it is.
+        let Some(authority) = parts.uri.authority().map(|a| a.as_str().to_owned()) else { return };
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&authority)
         {
             parts.headers.insert(header::HOST, v);
         }
-        if let Ok(uri) = path.parse() {
-            parts.uri = uri;
+        if let Some(p) = parts.uri.path_and_query().and_then(|p| p.as_str().parse().ok()) {
+            parts.uri = p;
         }
     }
 }
@@ -576,6 +597,10 @@ struct Done {
 }
 
 impl OnEnd for Done {
+    fn moved(&self) {
+        self.ctx.activity.touch();
+    }
+
     fn ended(&mut self, complete: bool) {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.ctx.http.stats.observe(self.line.started.elapsed());
@@ -669,10 +694,7 @@ async fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, line: Line, in_fligh
         let policy = ctx.http.policy.load();
         let timeout = policy.connect_timeout.unwrap_or(ctx.settings.connect_timeout);
         match open_io(&ctx.route, &balancer.endpoints()[i], timeout).await {
-            Some(io) => {
-                balancer.connected(i);
-                break (i, io);
-            }
+            Some(io) => break (i, io),
             None => {
                 ctx.route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 balancer.failed(i, Instant::now());

@@ -5,7 +5,7 @@
 //! HTTP/2: one connection per endpoint carries every request at once.
 //! Idle connections older than the idle timeout are closed when met.
 
-use std::collections::HashMap;
+use fnv::FnvHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -147,9 +147,13 @@ impl Pool {
             return;
         }
         let mut idle = self.h1_idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.entry(endpoint.to_owned()).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((sender, Instant::now()));
+        // No allocation once the endpoint has a list.
+        match idle.get_mut(endpoint) {
+            Some(list) if list.len() >= MAX_IDLE_PER_ENDPOINT => {}
+            Some(list) => list.push((sender, Instant::now())),
+            None => {
+                idle.insert(endpoint.to_owned(), vec![(sender, Instant::now())]);
+            }
         }
     }
 
