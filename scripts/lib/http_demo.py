@@ -35,17 +35,9 @@ def serve(port, name):
 
 
 def ask(zone, name, port, n, x_route=None):
-    import boto3
+    from resp import resolve
 
-    records = boto3.client("route53").list_resource_record_sets(
-        HostedZoneId=zone, StartRecordName=name, StartRecordType="A"
-    )
-    vip = next(
-        r["ResourceRecords"][0]["Value"]
-        for r in records["ResourceRecordSets"]
-        if r["Type"] == "A" and r["Name"].rstrip(".") == name
-    )
-    print(f"demo-app: {name} resolves to {vip} (Route53 private zone {zone})")
+    vip = resolve(zone, name)
     for attempt in range(50):
         try:
             conn = http.client.HTTPConnection(vip, int(port), timeout=5)

@@ -78,7 +78,8 @@ def serve(port, name):
         server.serve_forever()
 
 
-def ask(zone, name, port):
+def resolve(zone, name):
+    """The VIP `name` has in the Route53 private zone (what the VPC resolver answers)."""
     import boto3
 
     r53 = boto3.client("route53")
@@ -89,6 +90,11 @@ def ask(zone, name, port):
         if r["Type"] == "A" and r["Name"].rstrip(".") == name
     )
     print(f"demo-app: {name} resolves to {vip} (Route53 private zone {zone})")
+    return vip
+
+
+def ask(zone, name, port):
+    vip = resolve(zone, name)
     for attempt in range(5):
         t0 = time.perf_counter()
         with socket.create_connection((vip, int(port)), timeout=5) as s:

@@ -68,7 +68,7 @@ pub enum Action {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawSpec {
     #[serde(default)]
-    target_ref: Option<RawRef>,
+    target_ref: Option<super::policy::RawRef>,
     #[serde(default)]
     from: Option<Vec<RawFrom>>,
     #[serde(default)]
@@ -103,11 +103,11 @@ struct RawDefault {
     action: Option<String>,
 }
 
-fn target(errors: &mut ValidationErrors, path: &str, raw: Option<RawRef>, client: bool) -> TargetRef {
+/// A `from` entry's clients. (The inbounds a policy is for, `spec.targetRef`,
+/// are read as every policy's are: [`super::policy::top_ref`].)
+fn client(errors: &mut ValidationErrors, path: &str, raw: Option<RawRef>) -> TargetRef {
     let Some(raw) = raw else {
-        if client {
-            errors.push(path, "required: the clients this entry is for (kind Mesh, MeshService or MeshSubset)");
-        }
+        errors.push(path, "required: the clients this entry is for (kind Mesh, MeshService or MeshSubset)");
         return TargetRef::Mesh;
     };
     match raw.kind.as_deref() {
@@ -123,7 +123,7 @@ fn target(errors: &mut ValidationErrors, path: &str, raw: Option<RawRef>, client
                 errors.push(format!("{path}.tags"), "required: the tags a MeshSubset selects");
             }
             // A client's certificate names its service only.
-            if client && let Some(other) = tags.keys().find(|k| *k != SERVICE_TAG) {
+            if let Some(other) = tags.keys().find(|k| *k != SERVICE_TAG) {
                 errors.push(
                     format!("{path}.tags"),
                     format!(
@@ -162,7 +162,7 @@ pub(super) fn from_value(value: serde_yaml_ng::Value) -> Result<MeshTrafficPermi
     if spec.rules.is_some() {
         errors.push("spec.rules", "the SPIFFE-matcher form (MeshIdentity) is not supported yet; use spec.from");
     }
-    let target_ref = target(&mut errors, "spec.targetRef", spec.target_ref, false);
+    let target_ref = super::policy::top_ref(&mut errors, "spec.targetRef", spec.target_ref);
     let raw_from = spec.from.unwrap_or_default();
     if raw_from.is_empty() && spec.rules.is_none() {
         errors.push("spec.from", "required: at least one entry with a targetRef and default.action");
@@ -170,7 +170,7 @@ pub(super) fn from_value(value: serde_yaml_ng::Value) -> Result<MeshTrafficPermi
     let mut from = Vec::new();
     for (i, f) in raw_from.into_iter().enumerate() {
         let path = format!("spec.from[{i}]");
-        let target = target(&mut errors, &format!("{path}.targetRef"), f.target_ref, true);
+        let target = client(&mut errors, &format!("{path}.targetRef"), f.target_ref);
         let action = match f.default.and_then(|d| d.action).as_deref() {
             Some("Allow") => Action::Allow,
             Some("Deny") => Action::Deny,

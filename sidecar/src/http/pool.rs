@@ -66,6 +66,22 @@ impl Sender {
     }
 }
 
+/// One upstream connection in the pool's open count, while it lives.
+struct Open(Arc<AtomicU64>);
+
+impl Open {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Pool {
     pub fn new(h2: bool, idle_timeout: Duration) -> Self {
         Self {
@@ -106,35 +122,23 @@ impl Pool {
     /// A new connection over `io`, handshaken; an HTTP/2 one is shared from now on.
     pub async fn open(&self, endpoint: &str, io: Box<dyn Io>) -> Result<Sender, hyper::Error> {
         let io = TokioIo::new(io);
-        let open = self.open.clone();
         self.opened.fetch_add(1, Ordering::Relaxed);
-        open.fetch_add(1, Ordering::Relaxed);
+        // Counted open until the connection's task ends (or its handshake fails).
+        let open = Open::new(&self.open);
         if self.h2 {
-            let (sender, conn) = match http2::Builder::new(TokioExecutor::new()).handshake(io).await {
-                Ok(x) => x,
-                Err(e) => {
-                    open.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            };
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
-                open.fetch_sub(1, Ordering::Relaxed);
+                drop(open);
             });
             let mut conns = self.h2_conns.lock().unwrap_or_else(PoisonError::into_inner);
             conns.insert(endpoint.to_owned(), sender.clone());
             Ok(Sender::H2(sender))
         } else {
-            let (sender, conn) = match http1::handshake(io).await {
-                Ok(x) => x,
-                Err(e) => {
-                    open.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            };
+            let (sender, conn) = http1::handshake(io).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
-                open.fetch_sub(1, Ordering::Relaxed);
+                drop(open);
             });
             Ok(Sender::H1(sender))
         }
