@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::document::to_path;
 use super::services::{RawDocument, meta};
-use super::{Labels, SERVICE_TAG, ValidationErrors, validate_resource_name};
+use super::{Labels, SERVICE_TAG, ValidationErrors};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshTrafficPermission {
@@ -79,20 +79,9 @@ struct RawSpec {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawRef {
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    tags: Option<Labels>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct RawFrom {
     #[serde(default)]
-    target_ref: Option<RawRef>,
+    target_ref: Option<super::policy::RawRef>,
     #[serde(default)]
     default: Option<RawDefault>,
 }
@@ -103,52 +92,26 @@ struct RawDefault {
     action: Option<String>,
 }
 
-/// A `from` entry's clients. (The inbounds a policy is for, `spec.targetRef`,
-/// are read as every policy's are: [`super::policy::top_ref`].)
-fn client(errors: &mut ValidationErrors, path: &str, raw: Option<RawRef>) -> TargetRef {
-    let Some(raw) = raw else {
+/// A `from` entry's clients: a `targetRef` read as every policy's is
+/// ([`super::policy::top_ref`]), where a MeshSubset may select on
+/// `kuma.io/service` only, the one tag a client's certificate carries.
+fn client(errors: &mut ValidationErrors, path: &str, raw: Option<super::policy::RawRef>) -> TargetRef {
+    if raw.is_none() {
         errors.push(path, "required: the clients this entry is for (kind Mesh, MeshService or MeshSubset)");
         return TargetRef::Mesh;
-    };
-    match raw.kind.as_deref() {
-        Some("Mesh") => TargetRef::Mesh,
-        Some("MeshService") => {
-            let name = raw.name.unwrap_or_default();
-            validate_resource_name(errors, &format!("{path}.name"), &name);
-            TargetRef::MeshService { name }
-        }
-        Some("MeshSubset") => {
-            let tags = raw.tags.unwrap_or_default();
-            if tags.is_empty() {
-                errors.push(format!("{path}.tags"), "required: the tags a MeshSubset selects");
-            }
-            // A client's certificate names its service only.
-            if let Some(other) = tags.keys().find(|k| *k != SERVICE_TAG) {
-                errors.push(
-                    format!("{path}.tags"),
-                    format!(
-                        "{other:?}: a client is known by its certificate, which names only its {SERVICE_TAG}; select clients by {SERVICE_TAG} or use kind MeshService"
-                    ),
-                );
-            }
-            TargetRef::MeshSubset { tags }
-        }
-        Some(other @ ("Dataplane" | "MeshServiceSubset" | "MeshGateway" | "MeshHTTPRoute")) => {
-            errors.push(
-                format!("{path}.kind"),
-                format!("{other} is not supported by loopmesh yet; use Mesh, MeshService or MeshSubset"),
-            );
-            TargetRef::Mesh
-        }
-        Some(other) => {
-            errors.push(format!("{path}.kind"), format!("{other:?} is not one of Mesh, MeshService, MeshSubset"));
-            TargetRef::Mesh
-        }
-        None => {
-            errors.push(format!("{path}.kind"), "required: Mesh, MeshService or MeshSubset");
-            TargetRef::Mesh
-        }
     }
+    let target = super::policy::top_ref(errors, path, raw);
+    if let TargetRef::MeshSubset { tags } = &target
+        && let Some(other) = tags.keys().find(|k| *k != SERVICE_TAG)
+    {
+        errors.push(
+            format!("{path}.tags"),
+            format!(
+                "{other:?}: a client is known by its certificate, which names only its {SERVICE_TAG}; select clients by {SERVICE_TAG} or use kind MeshService"
+            ),
+        );
+    }
+    target
 }
 
 pub(super) fn from_value(value: serde_yaml_ng::Value) -> Result<MeshTrafficPermission, ValidationErrors> {

@@ -127,7 +127,7 @@ pub(crate) fn top_ref(errors: &mut ValidationErrors, path: &str, raw: Option<Raw
         Some("MeshSubset") => {
             let tags = raw.tags.unwrap_or_default();
             if tags.is_empty() {
-                errors.push(format!("{path}.tags"), "required: the inbound tags a MeshSubset selects");
+                errors.push(format!("{path}.tags"), "required: the tags a MeshSubset selects");
             }
             TargetRef::MeshSubset { tags }
         }
