@@ -421,6 +421,12 @@ fn http_metrics(out: &mut String, outbounds: &[Arc<Route>]) {
         &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.retries).to_string())),
     );
     family(
+        "retries_overflow_total",
+        "counter",
+        "retries not made because MeshCircuitBreaker's maxRetries were in flight",
+        &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.retries_overflow).to_string())),
+    );
+    family(
         "timeouts_total",
         "counter",
         "requests ended by the request timeout",

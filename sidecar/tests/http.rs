@@ -411,6 +411,13 @@ async fn a_load_balancing_strategy_and_a_circuit_breaker_apply() {
         assert_eq!(get(&mut client, "GET").await.0, StatusCode::OK);
     }
     let route = l.outbounds().pop().unwrap();
+    let balancing = &route.balancer.load().balancing;
+    assert_eq!(
+        balancing.algorithm,
+        loopmesh_sidecar::balance::Algorithm::RoundRobin,
+        "the strategy reached the balancer"
+    );
+    assert!(balancing.outlier.disabled, "the circuit breaker reached the balancer");
     let http = route.http.load_full().unwrap();
     assert_eq!(http.stats.ejections_5xx.load(Ordering::Relaxed), 0, "outlier detection is disabled");
     // Round robin: the bad backend keeps its turn (one in three first attempts).

@@ -351,11 +351,12 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return timed_out(attempts);
         }
+        let retry = may_retry(&policy, &parts.method, grpc, failure, retries, &captured);
         // MeshCircuitBreaker maxRetries: retries in flight at once, per outbound.
-        if retrying.is_none() && may_retry(&policy, &parts.method, grpc, failure, retries, &captured) {
+        if retry && retrying.is_none() {
             retrying = Retrying::start(&ctx.http, policy.limits.max_retries);
         }
-        if retrying.is_none() || !may_retry(&policy, &parts.method, grpc, failure, retries, &captured) {
+        if !retry || retrying.is_none() {
             if failure == Failure::PerTryTimeout {
                 return timed_out(attempts);
             }
@@ -697,7 +698,7 @@ async fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, line: Line, in_fligh
             Some(io) => break (i, io),
             None => {
                 ctx.route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                balancer.failed(i, Instant::now());
+                record(&ctx, &balancer, i, Outcome::LocalFailure);
             }
         }
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::Method;
 use loopmesh_shared::model::policy::{
-    CircuitBreakerConf, LoadBalancingConf, LoadBalancingType, RetryConf, TimeoutConf, applicable,
+    CircuitBreakerConf, LoadBalancingConf, LoadBalancingType, RetryConf, TimeoutConf, applicable, merged,
 };
 use loopmesh_shared::model::{Labels, OutboundPolicies, Protocol};
 
@@ -154,10 +154,7 @@ pub fn resolve(
     // Kuma: zero disables a timeout.
     let limit = |v: u64| (v > 0).then(|| ms(v));
 
-    let mut timeout = TimeoutConf::default();
-    for c in applicable(&policies.timeouts, inbounds, service, kind) {
-        timeout.merge(c);
-    }
+    let timeout: TimeoutConf = merged(&policies.timeouts, inbounds, service, kind);
     if let Some(v) = timeout.connection_timeout_ms {
         policy.connect_timeout = limit(v);
     }
@@ -171,17 +168,7 @@ pub fn resolve(
         policy.stream_idle_timeout = limit(v);
     }
 
-    let mut retry = RetryConf::default();
-    for c in applicable(&policies.retries, inbounds, service, kind) {
-        if c.tcp_max_connect_attempt.is_some() {
-            retry.tcp_max_connect_attempt = c.tcp_max_connect_attempt;
-        }
-        for (mine, theirs) in [(&mut retry.http, &c.http), (&mut retry.grpc, &c.grpc)] {
-            if let Some(theirs) = theirs {
-                mine.get_or_insert_with(Default::default).merge(theirs);
-            }
-        }
-    }
+    let retry: RetryConf = merged(&policies.retries, inbounds, service, kind);
     let section = if protocol == Protocol::Grpc { retry.grpc.as_ref() } else { retry.http.as_ref() };
     if let Some(s) = section {
         let r = &mut policy.retry;
@@ -203,10 +190,7 @@ pub fn resolve(
         }
     }
 
-    let mut breaker = CircuitBreakerConf::default();
-    for c in applicable(&policies.circuit_breakers, inbounds, service, kind) {
-        breaker.merge(c);
-    }
+    let breaker: CircuitBreakerConf = merged(&policies.circuit_breakers, inbounds, service, kind);
     let l = &mut policy.limits;
     l.max_connections = breaker.max_connections.unwrap_or(l.max_connections);
     l.max_requests = breaker.max_requests.unwrap_or(l.max_requests);
@@ -227,10 +211,7 @@ pub fn resolve(
     }
     outlier.max_ejection_percent = breaker.max_ejection_percent;
 
-    let mut lb = LoadBalancingConf::default();
-    for c in applicable(&policies.load_balancing, inbounds, service, kind) {
-        lb.merge(c);
-    }
+    let lb: LoadBalancingConf = merged(&policies.load_balancing, inbounds, service, kind);
     let algorithm = match lb.algorithm {
         None => Algorithm::default(),
         Some(LoadBalancingType::LeastRequest { choice_count }) => Algorithm::LeastRequest(choice_count),

@@ -187,10 +187,6 @@ impl Routes {
         Self { source, rules }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// The rule a request falls under, if any.
     pub fn find(&self, parts: &Parts) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches.iter().any(|m| m.accepts(&parts.method, &parts.uri, &parts.headers)))

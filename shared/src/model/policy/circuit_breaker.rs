@@ -157,23 +157,16 @@ pub(crate) fn from_value(value: serde_yaml_ng::Value) -> Result<super::MeshCircu
     parse(value, "MeshCircuitBreaker", |errors, path, raw: RawTo<RawConf>| default_entry(errors, path, raw, conf))
 }
 
-impl CircuitBreakerConf {
-    pub fn merge(&mut self, other: &Self) {
-        macro_rules! pick {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        pick!(
-            max_connections,
-            max_pending_requests,
-            max_requests,
-            max_retries,
-            outlier_disabled,
-            base_ejection_time_ms,
-            max_ejection_percent,
-            split_external_and_local_errors,
-            consecutive_total,
-            consecutive_gateway,
-            consecutive_local
-        );
-    }
-}
+merge_fields!(CircuitBreakerConf {
+    max_connections,
+    max_pending_requests,
+    max_requests,
+    max_retries,
+    outlier_disabled,
+    base_ejection_time_ms,
+    max_ejection_percent,
+    split_external_and_local_errors,
+    consecutive_total,
+    consecutive_gateway,
+    consecutive_local,
+});

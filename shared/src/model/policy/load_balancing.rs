@@ -128,13 +128,4 @@ pub(crate) fn from_value(value: serde_yaml_ng::Value) -> Result<super::MeshLoadB
     })
 }
 
-impl LoadBalancingConf {
-    pub fn merge(&mut self, other: &Self) {
-        if other.locality_disabled.is_some() {
-            self.locality_disabled = other.locality_disabled;
-        }
-        if other.algorithm.is_some() {
-            self.algorithm = other.algorithm;
-        }
-    }
-}
+merge_fields!(LoadBalancingConf { locality_disabled, algorithm });

@@ -7,6 +7,19 @@
 //! at validate. Fields Kong defines that loopmesh does not act on yet are
 //! refused by name, never accepted and ignored.
 
+/// Implements [`Merge`] for a conf whose fields are all `Option`s: each
+/// field `other` sets replaces this one's (Kuma merges field by field; a
+/// list is replaced whole).
+macro_rules! merge_fields {
+    ($conf:ty { $($field:ident),* $(,)? }) => {
+        impl super::Merge for $conf {
+            fn merge(&mut self, other: &Self) {
+                $( if other.$field.is_some() { self.$field.clone_from(&other.$field); } )*
+            }
+        }
+    };
+}
+
 pub mod circuit_breaker;
 pub mod http_route;
 pub mod load_balancing;
@@ -23,7 +36,7 @@ use super::{Labels, SERVICE_TAG, TargetRef, ValidationErrors, validate_resource_
 pub use circuit_breaker::CircuitBreakerConf;
 pub use http_route::{HttpRouteRules, RouteRule};
 pub use load_balancing::{LoadBalancingConf, LoadBalancingType};
-pub use retry::RetryConf;
+pub use retry::{RetryConf, RetrySection};
 pub use timeout::TimeoutConf;
 
 /// One outbound policy: the sidecars it is for and its `to` entries.
@@ -372,6 +385,26 @@ pub fn applicable<'a, C>(
     }
     found.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
     found.into_iter().map(|f| f.4).collect()
+}
+
+/// A `default` that later, more specific ones override field by field.
+pub trait Merge {
+    fn merge(&mut self, other: &Self);
+}
+
+/// The merged conf of `policies` for an outbound (see [`applicable`]);
+/// every field unset when none applies.
+pub fn merged<C: Merge + Default>(
+    policies: &[OutboundPolicy<C>],
+    inbounds: &[Labels],
+    service: &str,
+    kind: Option<&str>,
+) -> C {
+    let mut conf = C::default();
+    for c in applicable(policies, inbounds, service, kind) {
+        conf.merge(c);
+    }
+    conf
 }
 
 /// The mesh's outbound policies, as the view carries them.

@@ -208,22 +208,18 @@ pub(crate) fn from_value(value: serde_yaml_ng::Value) -> Result<super::MeshRetry
     parse(value, "MeshRetry", |errors, path, raw: RawTo<RawConf>| default_entry(errors, path, raw, conf))
 }
 
-impl RetrySection {
-    pub fn merge(&mut self, other: &Self) {
-        if other.num_retries.is_some() {
-            self.num_retries = other.num_retries;
+merge_fields!(RetrySection { num_retries, per_try_timeout_ms, base_interval_ms, max_interval_ms, retry_on });
+
+/// The `tcp` field, and each of the `http` and `grpc` sections merged field by field.
+impl super::Merge for RetryConf {
+    fn merge(&mut self, other: &Self) {
+        if other.tcp_max_connect_attempt.is_some() {
+            self.tcp_max_connect_attempt = other.tcp_max_connect_attempt;
         }
-        if other.per_try_timeout_ms.is_some() {
-            self.per_try_timeout_ms = other.per_try_timeout_ms;
-        }
-        if other.base_interval_ms.is_some() {
-            self.base_interval_ms = other.base_interval_ms;
-        }
-        if other.max_interval_ms.is_some() {
-            self.max_interval_ms = other.max_interval_ms;
-        }
-        if other.retry_on.is_some() {
-            self.retry_on.clone_from(&other.retry_on);
+        for (mine, theirs) in [(&mut self.http, &other.http), (&mut self.grpc, &other.grpc)] {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_with(RetrySection::default).merge(theirs);
+            }
         }
     }
 }

@@ -80,17 +80,4 @@ pub(crate) fn from_value(value: serde_yaml_ng::Value) -> Result<super::MeshTimeo
     parse(value, "MeshTimeout", |errors, path, raw: RawTo<RawConf>| default_entry(errors, path, raw, conf))
 }
 
-impl TimeoutConf {
-    /// `other`'s fields over this one's.
-    pub fn merge(&mut self, other: &Self) {
-        let pick = |mine: &mut Option<u64>, theirs: Option<u64>| {
-            if theirs.is_some() {
-                *mine = theirs;
-            }
-        };
-        pick(&mut self.connection_timeout_ms, other.connection_timeout_ms);
-        pick(&mut self.idle_timeout_ms, other.idle_timeout_ms);
-        pick(&mut self.request_timeout_ms, other.request_timeout_ms);
-        pick(&mut self.stream_idle_timeout_ms, other.stream_idle_timeout_ms);
-    }
-}
+merge_fields!(TimeoutConf { connection_timeout_ms, idle_timeout_ms, request_timeout_ms, stream_idle_timeout_ms });
