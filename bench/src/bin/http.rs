@@ -27,7 +27,7 @@ use loopmesh_bench::*;
 use loopmesh_tests::process::{ChildGuard, admin_get, workspace_binary};
 use tokio::net::TcpStream;
 
-const SECONDS: &str = "5";
+const SECONDS: &str = "4";
 
 /// An nginx of its own: a config holding `servers`, logs off, one worker
 /// (as each proxy gets: the machine has 2 cores and the load generator
@@ -193,17 +193,29 @@ async fn sidecar(view_file: &std::path::Path, admin: SocketAddr) -> ChildGuard {
     child
 }
 
-/// Runs each load once per target: (requests per second, proxy CPU us per request).
+/// Rounds per target: this machine's runs vary by 15 %, so each target
+/// runs `ROUNDS` times, the order rotated each round, and the median counts.
+const ROUNDS: usize = 3;
+
+/// Runs each load `ROUNDS` times per target, rotating the order: (median
+/// requests per second, that round's proxy CPU us per request).
 fn rates(targets: &[SocketAddr], pids: &[Option<u32>], load: fn(SocketAddr) -> f64) -> Vec<(f64, f64)> {
     let secs: f64 = SECONDS.parse().unwrap();
-    targets
-        .iter()
-        .zip(pids)
-        .map(|(t, pid)| {
-            let before = pid.map_or(0, cpu_tree);
-            let rps = load(*t);
-            let spent = pid.map_or(0, cpu_tree) - before;
-            (rps, spent as f64 * 10_000.0 / (rps * secs))
+    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+    for round in 0..ROUNDS {
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let before = pids[i].map_or(0, cpu_tree);
+            let rps = load(targets[i]);
+            let spent = pids[i].map_or(0, cpu_tree) - before;
+            rounds[i].push((rps, spent as f64 * 10_000.0 / (rps * secs)));
+        }
+    }
+    rounds
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            r[r.len() / 2]
         })
         .collect()
 }
@@ -292,13 +304,15 @@ async fn main() {
     let names = ["direct", "haproxy", "nginx", "loopmesh", "loopmesh tcp"];
     let pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(lm.0.id()), Some(lm.0.id())];
 
-    println!("HTTP/1.1 keep-alive, requests per second (wrk, 2 threads, 50 connections, {SECONDS} s)");
+    println!(
+        "HTTP/1.1 keep-alive, requests per second (wrk, 2 threads, 50 connections, {SECONDS} s; median of {ROUNDS} rounds, order rotated)"
+    );
     let h1_targets = [h1_backend, ha_h1, ng_h1, lm_h1, lm_tcp];
     let h1 = rates(&h1_targets, &pids, wrk);
     print_rates(&names, &h1);
 
     println!(
-        "\nHTTP/2, requests per second (h2load, 4 connections x 25 streams, {SECONDS} s; nginx proxies to HTTP/1.1)"
+        "\nHTTP/2, requests per second (h2load, 4 connections x 25 streams, {SECONDS} s, median of {ROUNDS}; nginx proxies to HTTP/1.1)"
     );
     let h2_targets = [h2_backend, ha_h2, ng_h2, lm_h2];
     let h2 = rates(&h2_targets, &pids[..4], h2load);

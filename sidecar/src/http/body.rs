@@ -146,10 +146,11 @@ pub trait OnEnd: Send + Sync + 'static {
     fn ended(&mut self, complete: bool);
 }
 
-/// A response to the client: the endpoint's body, or a local one.
-pub struct RespBody {
+/// A response to the client: the endpoint's body, or a local one. `E`
+/// runs when it ends (held inline: no allocation per response).
+pub struct RespBody<E: OnEnd> {
     inner: Inner,
-    on_end: Option<Box<dyn OnEnd>>,
+    on_end: Option<E>,
     complete: bool,
 }
 
@@ -160,14 +161,14 @@ enum Inner {
     Empty,
 }
 
-impl std::fmt::Debug for RespBody {
+impl<E: OnEnd> std::fmt::Debug for RespBody<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RespBody").field("complete", &self.complete).finish_non_exhaustive()
     }
 }
 
-impl RespBody {
-    pub fn upstream(body: Incoming, on_end: Box<dyn OnEnd>) -> Self {
+impl<E: OnEnd> RespBody<E> {
+    pub fn upstream(body: Incoming, on_end: E) -> Self {
         let mut b = Self { inner: Inner::Upstream(body), on_end: Some(on_end), complete: false };
         b.check_end();
         b
@@ -197,13 +198,13 @@ impl RespBody {
     }
 }
 
-impl Drop for RespBody {
+impl<E: OnEnd> Drop for RespBody<E> {
     fn drop(&mut self) {
         self.finish(self.complete);
     }
 }
 
-impl Body for RespBody {
+impl<E: OnEnd + Unpin> Body for RespBody<E> {
     type Data = Bytes;
     type Error = hyper::Error;
 

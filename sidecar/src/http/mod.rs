@@ -23,8 +23,10 @@ pub mod route;
 pub mod stats;
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -36,7 +38,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use loopmesh_shared::model::Protocol;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::balance::{Balancer, EndpointState, Outcome};
 use crate::proxy::{Io, ProxySettings, Route};
@@ -144,6 +146,7 @@ pub async fn serve(client: TcpStream, route: Arc<Route>, http: Arc<HttpOutbound>
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().writev(false);
     builder.http2().max_concurrent_streams(1024);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
     let mut conn = std::pin::pin!(conn);
@@ -250,7 +253,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 /// The most attempts a request remembers, to send each retry elsewhere.
 const REMEMBERED: usize = 8;
 
-async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
+async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done>> {
     let stats = &ctx.http.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight::new(&ctx);
@@ -265,6 +268,8 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         return upgrade(req, ctx.clone(), line, in_flight).await;
     }
     let deadline = policy.request_timeout.map(|t| line.started + t);
+    // One timer for the request, however many steps wait on it.
+    let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep_until));
     let timed_out = |attempts| {
         stats.timeouts.fetch_add(1, Ordering::Relaxed);
         local(&ctx, &line, LocalReason::Timeout, grpc, attempts)
@@ -284,7 +289,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
     }
     let response_headers = rule.map(|r| r.response_headers.clone()).unwrap_or_default();
     prepare(&mut parts, ctx.http.h2());
-    let mut captured = match until(deadline, Captured::read(body)).await {
+    let mut captured = match until(timer.as_mut(), Captured::read(body)).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             tracing::debug!(service = %ctx.route.service, error = %e, "the client's request body failed");
@@ -307,18 +312,20 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         tried[attempts % REMEMBERED] = i;
         attempts += 1;
         let endpoint = balancer.endpoints()[i].clone();
-        let failure = match until(deadline, sender(&ctx, &target, &balancer, i, &policy)).await {
+        let failure = match until(timer.as_mut(), sender(&ctx, &target, &balancer, i, &policy)).await {
             None => return timed_out(attempts),
             Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
             Some(Err(Refusal::Failed)) => Failure::Connect,
             Some(Ok(mut sender)) => {
                 let request = Request::from_parts(copy(&parts), captured.attempt());
                 endpoint.active.fetch_add(1, Ordering::Relaxed);
-                let attempt_deadline = match (deadline, policy.retry.per_try_timeout) {
-                    (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
-                    (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
+                // A per-try timeout gets a timer of its own only when it is
+                // the sooner (Kong's defaults: 16 s per try, 15 s in all).
+                let per_try = policy.retry.per_try_timeout.map(|t| Instant::now() + t);
+                let sent = match per_try.filter(|p| deadline.is_none_or(|d| *p < d)) {
+                    Some(at) => until(std::pin::pin!(Some(tokio::time::sleep_until(at))), sender.send(request)).await,
+                    None => until(timer.as_mut(), sender.send(request)).await,
                 };
-                let sent = until(attempt_deadline, sender.send(request)).await;
                 let failure = match sent {
                     Some(Ok(mut response)) => {
                         let status = response.status().as_u16();
@@ -365,7 +372,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
         }
         retries += 1;
         stats.retries.fetch_add(1, Ordering::Relaxed);
-        if until(deadline, tokio::time::sleep(policy.retry.backoff(retries))).await.is_none() {
+        if until(timer.as_mut(), tokio::time::sleep(policy.retry.backoff(retries))).await.is_none() {
             return timed_out(attempts);
         }
     }
@@ -423,12 +430,20 @@ fn may_retry(
         && (failure == Failure::Connect || captured.replayable())
 }
 
-/// Runs `f` until `deadline`; `None` when it ran out.
-async fn until<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
-    match deadline {
-        None => Some(f.await),
-        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
-    }
+/// Runs `f` until `timer` fires (never, when there is none); `None` when
+/// it fired first.
+async fn until<F: Future>(mut timer: Pin<&mut Option<Sleep>>, f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = f.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Why no connection was lent.
@@ -510,7 +525,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 5] = [
+static HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -519,18 +534,39 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
+    // One pass over the names finds which are here: most messages carry
+    // none but `connection`, and a lookup per absent name costs a hash.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+        te |= name == header::TE;
+    }
+    if present[0] {
+        // The names `connection` lists are this hop's too; those it usually
+        // lists (keep-alive, close, upgrade) are removed below or are none.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !["keep-alive", "close", "upgrade", ""].iter().any(|k| n.eq_ignore_ascii_case(k)))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
     }
     // `te` may only say `trailers` past this hop (gRPC sends it).
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
 }
@@ -621,7 +657,7 @@ fn respond(
     line: Line,
     attempts: usize,
     in_flight: InFlight,
-) -> Response<RespBody> {
+) -> Response<RespBody<Done>> {
     let status = response.status().as_u16();
     ctx.http.stats.status(status);
     let (mut parts, body) = response.into_parts();
@@ -635,12 +671,12 @@ fn respond(
         attempts,
         _in_flight: in_flight,
     };
-    Response::from_parts(parts, RespBody::upstream(body, Box::new(done)))
+    Response::from_parts(parts, RespBody::upstream(body, done))
 }
 
 /// A response the sidecar makes itself: 503 (504 for a timeout) naming the
 /// reason, or for a gRPC call gRPC's UNAVAILABLE (DEADLINE_EXCEEDED).
-fn local(ctx: &Ctx, line: &Line, reason: LocalReason, grpc: bool, attempts: usize) -> Response<RespBody> {
+fn local(ctx: &Ctx, line: &Line, reason: LocalReason, grpc: bool, attempts: usize) -> Response<RespBody<Done>> {
     let stats = &ctx.http.stats;
     stats.local(reason);
     let timeout = reason == LocalReason::Timeout;
@@ -678,7 +714,12 @@ fn local(ctx: &Ctx, line: &Line, reason: LocalReason, grpc: bool, attempts: usiz
 
 /// An `Upgrade` or `CONNECT` request: its own HTTP/1.1 connection to an
 /// endpoint, carried as bytes both ways once the endpoint agrees.
-async fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, line: Line, in_flight: InFlight) -> Response<RespBody> {
+async fn upgrade(
+    mut req: Request<Incoming>,
+    ctx: Arc<Ctx>,
+    line: Line,
+    in_flight: InFlight,
+) -> Response<RespBody<Done>> {
     let stats = &ctx.http.stats;
     let client_side = hyper::upgrade::on(&mut req);
     let balancer = ctx.route.balancer.load_full();
@@ -738,5 +779,42 @@ async fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, line: Line, in_fligh
     stats.status(status);
     let (parts, body) = response.into_parts();
     let done = Done { ctx: ctx.clone(), endpoint, sender: None, line, status, attempts, _in_flight: in_flight };
-    Response::from_parts(parts, RespBody::upstream(body, Box::new(done)))
+    Response::from_parts(parts, RespBody::upstream(body, done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_on_their_hop() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Trace-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("content-type", "text/plain"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_passes_and_a_message_without_hop_headers_is_untouched() {
+        let mut h = headers(&[("te", "trailers"), ("content-type", "application/grpc"), ("upgrade", "h2c")]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<(&str, &[u8])> = h.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        assert_eq!(left, [("te", &b"trailers"[..]), ("content-type", b"application/grpc")]);
+        let mut plain = headers(&[("content-length", "3"), ("server", "nginx")]);
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
+    }
 }

@@ -135,7 +135,7 @@ impl Pool {
             conns.insert(endpoint.to_owned(), sender.clone());
             Ok(Sender::H2(sender))
         } else {
-            let (sender, conn) = http1::handshake(io).await?;
+            let (sender, conn) = http1::Builder::new().writev(false).handshake(io).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
                 drop(open);
