@@ -265,7 +265,10 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
         return local(&ctx, &line, LocalReason::Overflow, grpc, 0);
     }
     if is_upgrade(&req) {
-        return upgrade(req, ctx.clone(), line, in_flight).await;
+        // Boxed, as is opening a connection below: rare paths with large
+        // futures would otherwise grow every request's future, which hyper
+        // copies into each HTTP/2 stream's task.
+        return Box::pin(upgrade(req, ctx.clone(), line, in_flight)).await;
     }
     let deadline = policy.request_timeout.map(|t| line.started + t);
     // One timer for the request, however many steps wait on it.
@@ -468,8 +471,8 @@ async fn sender(ctx: &Ctx, target: &Route, balancer: &Balancer, i: usize, policy
         return Err(Refusal::Overflow);
     }
     let connect_timeout = policy.connect_timeout.unwrap_or(ctx.settings.connect_timeout);
-    let opened = match open_io(target, endpoint, connect_timeout).await {
-        Some(io) => pool.open(&endpoint.address, io).await.map_err(|e| {
+    let opened = match Box::pin(open_io(target, endpoint, connect_timeout)).await {
+        Some(io) => Box::pin(pool.open(&endpoint.address, io)).await.map_err(|e| {
             tracing::debug!(service = %target.service, endpoint = %endpoint.address, error = %e, "HTTP handshake failed");
         }),
         None => Err(()),
