@@ -7,12 +7,16 @@
 //! - latency added over direct at 50 % of haproxy's peak rate, p50 and p99
 //!   (an open-loop paced client: requests leave on schedule, not when the
 //!   previous one returns);
-//! - memory per idle client connection and per 1,000 pooled upstream ones.
+//! - memory per idle client connection and per 1,000 pooled upstream ones;
+//! - user-space instructions per request under callgrind (haproxy and
+//!   loopmesh): a count, as steady from run to run as times are not, so a
+//!   change to the HTTP path can be judged by it.
 //!
 //! Every proxy runs on one thread (haproxy `nbthread 1`, one nginx worker,
 //! the sidecar's `--workers 1`): the load generators need the other core.
 //!
-//! Needs wrk, h2load, nginx and haproxy on PATH (`bench/run http` installs them).
+//! Needs wrk, h2load, nginx, haproxy and valgrind on PATH (`bench/run http`
+//! installs them).
 #![allow(clippy::unwrap_used, clippy::disallowed_types)] // a benchmark measures wall time and fails loudly
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,21 +49,22 @@ fn nginx(dir: &std::path::Path, name: &str, servers: &str) -> ChildGuard {
     spawn(Command::new("nginx").arg("-p").arg(&prefix).arg("-c").arg(&conf))
 }
 
-fn haproxy(
+/// haproxy's configuration: HTTP/1.1 on `listen_h1` to `h1`, h2c on `listen_h2` to `h2`.
+fn haproxy_config(
     dir: &std::path::Path,
     listen_h1: SocketAddr,
     listen_h2: SocketAddr,
     h1: SocketAddr,
     h2: SocketAddr,
-) -> ChildGuard {
+) -> std::path::PathBuf {
     let cfg = format!(
         "global\n  maxconn 8000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  http-reuse always\n\
          frontend f1\n  bind {listen_h1}\n  default_backend b1\nbackend b1\n  server s {h1}\n\
          frontend f2\n  bind {listen_h2} proto h2\n  default_backend b2\nbackend b2\n  server s {h2} proto h2\n"
     );
-    let path = dir.join("haproxy-http.cfg");
+    let path = dir.join(format!("haproxy-http-{}.cfg", listen_h1.port()));
     std::fs::write(&path, cfg).unwrap();
-    spawn(Command::new("haproxy").arg("-f").arg(path))
+    path
 }
 
 /// wrk's requests per second: 2 threads, 50 connections.
@@ -230,6 +235,53 @@ fn print_rates(names: &[&str], rows: &[(f64, f64)]) {
     }
 }
 
+/// Requests counted under callgrind, after as many to warm up.
+const COUNTED: u32 = 20_000;
+
+/// User-space instructions per request of `program` (started under
+/// callgrind, serving `target`): counters zeroed after a warm-up, then
+/// `COUNTED` requests from h2load (HTTP/1.1 over 50 connections, or
+/// HTTP/2 as 4 connections x 25 streams), then dumped.
+fn instructions(dir: &std::path::Path, program: &mut Command, target: SocketAddr, h2: bool) -> f64 {
+    let out = dir.join(format!("callgrind.{}.out", free_port()));
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display()));
+    cmd.arg(program.get_program()).args(program.get_args());
+    for (k, v) in program.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let child = spawn(&mut cmd);
+    let pid = child.0.id().to_string();
+    let url = format!("http://{target}/");
+    let load = |n: u32| {
+        let n = n.to_string();
+        let mut args = vec!["-n", &n, "-t", "1"];
+        args.extend(if h2 { ["-c", "4", "-m", "25"].as_slice() } else { ["--h1", "-c", "50"].as_slice() });
+        Command::new("h2load").args(&args).arg(&url).output().unwrap()
+    };
+    // Valgrind starts slowly: the warm-up waits until it answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&load(100).stdout).contains(" 100 succeeded") {
+        assert!(Instant::now() < deadline, "{target} never answered under callgrind");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    load(COUNTED / 10);
+    assert!(Command::new("callgrind_control").args(["-z", &pid]).output().unwrap().status.success());
+    let text = String::from_utf8_lossy(&load(COUNTED).stdout).into_owned();
+    assert!(text.contains(&format!(" {COUNTED} succeeded")), "h2load under callgrind: {text}");
+    assert!(Command::new("callgrind_control").args(["-d", &pid]).output().unwrap().status.success());
+    drop(child);
+    let dump = std::fs::read_to_string(format!("{}.1", out.display())).unwrap();
+    let total: f64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    total / f64::from(COUNTED)
+}
+
 fn view(outbounds: &[(Ipv4Addr, &str, &str, &[SocketAddr])]) -> String {
     let items: Vec<String> = outbounds
         .iter()
@@ -267,7 +319,7 @@ async fn main() {
         ),
     );
     let (ha_h1, ha_h2) = (port(0), port(0));
-    let ha = haproxy(&dir, ha_h1, ha_h2, h1_backend, h2_backend);
+    let ha = spawn(Command::new("haproxy").arg("-f").arg(haproxy_config(&dir, ha_h1, ha_h2, h1_backend, h2_backend)));
     let (ng_h1, ng_h2) = (port(0), port(0));
     let ng = nginx(
         &dir,
@@ -404,5 +456,31 @@ async fn main() {
         "pooled upstream connections: {pooled:.0} waiting after 1,000 concurrent requests; RSS {before_pool} -> {with_pool} KiB: {:.0} KiB per 1,000 pooled (an upper bound: it also holds what the requests left in the allocator)",
         with_pool.saturating_sub(before_pool) as f64 * 1000.0 / pooled.max(1.0)
     );
+    drop(lm);
+
+    println!("\nuser-space instructions per request (callgrind, {COUNTED} requests after a warm-up; h2load)");
+    let (ha_h1, ha_h2) = (port(0), port(0));
+    let ha_cfg = haproxy_config(&dir, ha_h1, ha_h2, h1_backend, h2_backend);
+    let cg_view = dir.join("view-callgrind.json");
+    let (cg_h1, cg_h2) = (SocketAddr::from(([127, 32, 0, 1], 8080)), SocketAddr::from(([127, 32, 0, 2], 8080)));
+    std::fs::write(
+        &cg_view,
+        view(&[
+            (Ipv4Addr::new(127, 32, 0, 1), "h1", "http", &[h1_backend]),
+            (Ipv4Addr::new(127, 32, 0, 2), "h2", "http2", &[h2_backend]),
+        ]),
+    )
+    .unwrap();
+    let mut sidecar_cmd = Command::new(workspace_binary("loopmesh-sidecar"));
+    sidecar_cmd
+        .args(["run", "--bind-outbounds", "--view-file"])
+        .arg(&cg_view)
+        .args(["--admin-address", &SocketAddr::from(([127, 0, 0, 1], free_port())).to_string(), "--workers", "1"])
+        .env("RUST_LOG", "warn");
+    for (label, h2, ha, lm) in [("HTTP/1.1", false, ha_h1, cg_h1), ("HTTP/2", true, ha_h2, cg_h2)] {
+        let haproxy = instructions(&dir, Command::new("haproxy").arg("-f").arg(&ha_cfg), ha, h2);
+        let loopmesh = instructions(&dir, &mut sidecar_cmd, lm, h2);
+        println!("{label:<9} haproxy {haproxy:>7.0}  loopmesh {loopmesh:>7.0}  ({:.2}x haproxy)", loopmesh / haproxy);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
