@@ -124,7 +124,10 @@ async fn a_storm_under_faults_and_kills_converges_after_one_scheduled_pass() {
     println!(
         "seed {seed}: faults injected: {faults:?}; task-events (kills, lost): {storm:?}; dns-sync kills: {sync_kills}"
     );
-    assert!(injected >= 5, "the proxy injected faults: {faults:?}");
+    // How many calls the storm makes depends on the machine's speed (its
+    // instances die on timers), and so does how many faults hit them: a
+    // loaded machine saw 4 where an idle one sees about 10. A few must have.
+    assert!(injected >= 3, "the proxy injected faults: {faults:?}");
 
     // One scheduled pass, fault-free: reconciliation, then dns-sync after the
     // dead runs' leases ran out.
