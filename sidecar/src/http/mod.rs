@@ -300,6 +300,11 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
         }
         None => return timed_out(0),
     };
+    // The head is copied for each attempt only when a retry could use it;
+    // otherwise the first attempt that is sent takes it.
+    let keep_head = captured.replayable() && policy.retry.may_resend(&parts.method, grpc, ctx.http.h2());
+    let method = parts.method.clone();
+    let mut head = Some(parts);
     let balancer = target.balancer.load_full();
     let mut tried = [usize::MAX; REMEMBERED];
     let mut attempts = 0usize;
@@ -320,7 +325,15 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
             Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
             Some(Err(Refusal::Failed)) => Failure::Connect,
             Some(Ok(mut sender)) => {
-                let request = Request::from_parts(copy(&parts), captured.attempt());
+                let parts = match &mut head {
+                    Some(h) if keep_head => copy(h),
+                    h => match h.take() {
+                        Some(h) => h,
+                        // Unreachable: nothing retries a request whose head went.
+                        None => return local(&ctx, &line, LocalReason::Reset, grpc, attempts),
+                    },
+                };
+                let request = Request::from_parts(parts, captured.attempt());
                 endpoint.active.fetch_add(1, Ordering::Relaxed);
                 // A per-try timeout gets a timer of its own only when it is
                 // the sooner (Kong's defaults: 16 s per try, 15 s in all).
@@ -337,7 +350,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
                         record(&ctx, &balancer, i, outcome);
                         let failure = Failure::Status(status, grpc_status);
                         let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
-                        if !(failed && may_retry(&policy, &parts.method, grpc, failure, retries, &captured)) {
+                        if !(failed && may_retry(&policy, &method, grpc, failure, retries, &captured)) {
                             route::modify(response.headers_mut(), &response_headers);
                             return respond(&ctx, response, endpoint, sender, line, attempts, in_flight);
                         }
@@ -361,7 +374,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return timed_out(attempts);
         }
-        let retry = may_retry(&policy, &parts.method, grpc, failure, retries, &captured);
+        let retry = may_retry(&policy, &method, grpc, failure, retries, &captured);
         // MeshCircuitBreaker maxRetries: retries in flight at once, per outbound.
         if retry && retrying.is_none() {
             retrying = Retrying::start(&ctx.http, policy.limits.max_retries);

@@ -276,9 +276,7 @@ impl Retry {
     /// call is retried on gRPC's conditions, which mean it was not served).
     pub fn allows(&self, method: &Method, grpc: bool, failure: Failure) -> bool {
         let on = &self.on;
-        let method_ok = || {
-            if self.on.methods.is_empty() { grpc || is_idempotent(method) } else { self.on.methods.contains(method) }
-        };
+        let method_ok = || self.method_may_resend(method, grpc);
         match failure {
             Failure::Connect => on.connect_failure,
             Failure::Refused => on.refused_stream,
@@ -294,6 +292,22 @@ impl Retry {
                 (by_status || by_grpc) && method_ok()
             }
         }
+    }
+
+    /// Whether a request of `method` that reached the endpoint could ever be
+    /// sent again (some failure after sending allows it): if not, its head
+    /// need not be kept for a retry. Only an HTTP/2 endpoint (`h2`) refuses
+    /// streams.
+    pub fn may_resend(&self, method: &Method, grpc: bool, h2: bool) -> bool {
+        let on = &self.on;
+        let by_answer = on.server_error || on.gateway_error || !on.statuses.is_empty() || (grpc && !on.grpc.is_empty());
+        self.num_retries > 0
+            && ((h2 && on.refused_stream) || ((on.reset || by_answer) && self.method_may_resend(method, grpc)))
+    }
+
+    /// The methods a request that may have been read can be sent again with.
+    fn method_may_resend(&self, method: &Method, grpc: bool) -> bool {
+        if self.on.methods.is_empty() { grpc || is_idempotent(method) } else { self.on.methods.contains(method) }
     }
 
     /// The wait before retry `n` (1-based): Envoy's fully jittered
@@ -322,6 +336,35 @@ mod tests {
         assert!(r.allows(&Method::POST, false, Failure::Connect));
         assert!(!r.allows(&Method::GET, false, Failure::Status(500, None)), "500 is not a gateway error");
         assert!(!r.allows(&Method::GET, false, Failure::Reset), "reset is not an HTTP default");
+    }
+
+    #[test]
+    fn a_head_is_kept_for_a_retry_only_when_some_failure_after_sending_allows_one() {
+        let mut r = Policy::defaults(Protocol::Http).retry;
+        assert!(r.may_resend(&Method::GET, false, false));
+        assert!(!r.may_resend(&Method::POST, false, false), "a POST that left is never sent again by default");
+        assert!(r.may_resend(&Method::POST, false, true), "unless an HTTP/2 endpoint refuses it unread");
+        assert!(Policy::defaults(Protocol::Grpc).retry.may_resend(&Method::POST, true, true), "gRPC's conditions");
+        r.on.methods = vec![Method::POST];
+        assert!(r.may_resend(&Method::POST, false, false));
+        assert!(!r.may_resend(&Method::GET, false, false), "the policy names the methods");
+        r.num_retries = 0;
+        assert!(!r.may_resend(&Method::POST, false, true));
+        // Wherever `allows` lets a sent request go again, its head was kept.
+        let failures = [Failure::Refused, Failure::Reset, Failure::PerTryTimeout, Failure::Status(503, Some(14))];
+        for protocol in [Protocol::Http, Protocol::Http2, Protocol::Grpc] {
+            let r = Policy::defaults(protocol).retry;
+            let (grpc, h2) = (protocol == Protocol::Grpc, protocol != Protocol::Http);
+            for method in [Method::GET, Method::POST, Method::PATCH] {
+                // An HTTP/1.1 endpoint never refuses a stream.
+                for f in failures.into_iter().filter(|f| h2 || *f != Failure::Refused) {
+                    assert!(
+                        !r.allows(&method, grpc, f) || r.may_resend(&method, grpc, h2),
+                        "{protocol:?} {method} {f:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
