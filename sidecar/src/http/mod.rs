@@ -541,6 +541,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
+/// `connection` first: [`strip_hop_by_hop`] reads the names it lists.
 static HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -560,7 +561,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         te |= name == header::TE;
     }
-    if present[0] {
+    let [connection, ..] = present;
+    if connection {
         // The names `connection` lists are this hop's too; those it usually
         // lists (keep-alive, close, upgrade) are removed below or are none.
         let named: Vec<HeaderName> = headers
