@@ -17,6 +17,8 @@ use http_body_util::BodyExt as _;
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::h1;
+
 /// The most request body kept for a retry (Envoy keeps 1 MiB per
 /// connection; a request that sends more is not retried once sent).
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -97,6 +99,11 @@ impl ReqBody {
     pub fn stream(body: Incoming) -> Self {
         Self { chunks: Vec::new(), next: 0, trailers: None, rest: Some(body) }
     }
+
+    /// Whether kept trailers end the body (HTTP/1.1 can send them only chunked).
+    pub fn has_trailers(&self) -> bool {
+        self.trailers.is_some()
+    }
 }
 
 impl Body for ReqBody {
@@ -142,8 +149,46 @@ pub trait OnEnd: Send + Sync + 'static {
     /// A frame moved (for the stream idle timeout).
     fn moved(&self);
     /// `complete`: the body reached its end (else the client left or the
-    /// endpoint failed mid-body).
-    fn ended(&mut self, complete: bool);
+    /// endpoint failed mid-body). `conn`: its HTTP/1.1 connection, when it
+    /// can carry another request.
+    fn ended(&mut self, complete: bool, conn: Option<h1::Conn>);
+}
+
+/// An endpoint's response body: from hyper (HTTP/2, an upgrade) or read
+/// by the request's own task ([`h1`]).
+#[derive(Debug)]
+pub enum Upstream {
+    Hyper(Incoming),
+    H1(h1::Body),
+}
+
+/// Errors of a response body, boxed as hyper takes them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::H1(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A response to the client: the endpoint's body, or a local one. `E`
@@ -155,7 +200,7 @@ pub struct RespBody<E: OnEnd> {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(Upstream),
     Local(Option<Bytes>),
     /// A reply's headers carry everything (gRPC's trailers-only form).
     Empty,
@@ -168,7 +213,7 @@ impl<E: OnEnd> std::fmt::Debug for RespBody<E> {
 }
 
 impl<E: OnEnd> RespBody<E> {
-    pub fn upstream(body: Incoming, on_end: E) -> Self {
+    pub fn upstream(body: Upstream, on_end: E) -> Self {
         let mut b = Self { inner: Inner::Upstream(body), on_end: Some(on_end), complete: false };
         b.check_end();
         b
@@ -193,7 +238,11 @@ impl<E: OnEnd> RespBody<E> {
     fn finish(&mut self, complete: bool) {
         self.complete = complete;
         if let Some(mut on_end) = self.on_end.take() {
-            on_end.ended(complete);
+            let conn = match &mut self.inner {
+                Inner::Upstream(Upstream::H1(b)) if complete => b.reusable(),
+                _ => None,
+            };
+            on_end.ended(complete, conn);
         }
     }
 }
@@ -206,9 +255,9 @@ impl<E: OnEnd> Drop for RespBody<E> {
 
 impl<E: OnEnd + Unpin> Body for RespBody<E> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match &mut this.inner {
             Inner::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),

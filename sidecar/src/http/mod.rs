@@ -17,6 +17,7 @@
 //!   as bytes once the endpoint agrees.
 
 pub mod body;
+pub mod h1;
 pub mod policy;
 pub mod pool;
 pub mod route;
@@ -43,7 +44,7 @@ use tokio::time::{Instant, Sleep};
 use crate::balance::{Balancer, EndpointState, Outcome};
 use crate::proxy::{Io, ProxySettings, Route};
 use crate::pump::Activity;
-use body::{Captured, OnEnd, ReqBody, RespBody};
+use body::{Captured, OnEnd, ReqBody, RespBody, Upstream};
 use policy::{Failure, Policy};
 use pool::{Pool, Sender};
 use stats::{HttpStats, LocalReason};
@@ -300,8 +301,9 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
         }
         None => return timed_out(0),
     };
-    // The head is copied for each attempt only when a retry could use it;
-    // otherwise the first attempt that is sent takes it.
+    // The head is copied for each HTTP/2 attempt only when a retry could
+    // use it; otherwise the first attempt that is sent takes it. HTTP/1.1
+    // writes it from here.
     let keep_head = captured.replayable() && policy.retry.may_resend(&parts.method, grpc, ctx.http.h2());
     let method = parts.method.clone();
     let mut head = Some(parts);
@@ -324,23 +326,15 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
             None => return timed_out(attempts),
             Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
             Some(Err(Refusal::Failed)) => Failure::Connect,
-            Some(Ok(mut sender)) => {
-                let parts = match &mut head {
-                    Some(h) if keep_head => copy(h),
-                    h => match h.take() {
-                        Some(h) => h,
-                        // Unreachable: nothing retries a request whose head went.
-                        None => return local(&ctx, &line, LocalReason::Reset, grpc, attempts),
-                    },
-                };
-                let request = Request::from_parts(parts, captured.attempt());
+            Some(Ok(sender)) => {
+                let send = sender.send(&mut head, keep_head, captured.attempt());
                 endpoint.active.fetch_add(1, Ordering::Relaxed);
                 // A per-try timeout gets a timer of its own only when it is
                 // the sooner (Kong's defaults: 16 s per try, 15 s in all).
                 let per_try = policy.retry.per_try_timeout.map(|t| Instant::now() + t);
                 let sent = match per_try.filter(|p| deadline.is_none_or(|d| *p < d)) {
-                    Some(at) => until(std::pin::pin!(Some(tokio::time::sleep_until(at))), sender.send(request)).await,
-                    None => until(timer.as_mut(), sender.send(request)).await,
+                    Some(at) => until(std::pin::pin!(Some(tokio::time::sleep_until(at))), send).await,
+                    None => until(timer.as_mut(), send).await,
                 };
                 let failure = match sent {
                     Some(Ok(mut response)) => {
@@ -352,15 +346,15 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done
                         let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
                         if !(failed && may_retry(&policy, &method, grpc, failure, retries, &captured)) {
                             route::modify(response.headers_mut(), &response_headers);
-                            return respond(&ctx, response, endpoint, sender, line, attempts, in_flight);
+                            return respond(&ctx, response, endpoint, line, attempts, in_flight);
                         }
                         // The failed answer is dropped with its connection.
                         failure
                     }
-                    Some(Err(e)) => {
+                    Some(Err((failure, error))) => {
                         record(&ctx, &balancer, i, Outcome::LocalFailure);
-                        tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, error = %e, "request failed");
-                        if is_refused(&e) { Failure::Refused } else { Failure::Reset }
+                        tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, %error, "request failed");
+                        failure
                     }
                     None => {
                         record(&ctx, &balancer, i, Outcome::LocalFailure);
@@ -476,7 +470,7 @@ async fn sender(ctx: &Ctx, target: &Route, balancer: &Balancer, i: usize, policy
     let endpoint = &balancer.endpoints()[i];
     let pool = &ctx.http.pool;
     while let Some(mut s) = pool.take(&endpoint.address) {
-        if s.ready().await.is_ok() {
+        if s.ready().await {
             return Ok(s);
         }
     }
@@ -494,7 +488,9 @@ async fn sender(ctx: &Ctx, target: &Route, balancer: &Balancer, i: usize, policy
         // The answer, not the connect, counts as a success (a peer sidecar
         // accepts even when its application is gone).
         Ok(mut s) => {
-            s.ready().await.map_err(|_| Refusal::Failed)?;
+            if !s.ready().await {
+                return Err(Refusal::Failed);
+            }
             Ok(s)
         }
         Err(()) => {
@@ -522,18 +518,6 @@ async fn open_io(route: &Route, endpoint: &EndpointState, connect_timeout: Durat
     let stream =
         crate::proxy::secure(route, endpoint, tcp, active.as_ref().map(|(m, a)| (m.as_ref(), a.as_ref()))).await?;
     Some(stream.boxed())
-}
-
-fn is_refused(e: &hyper::Error) -> bool {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.to_string().contains("REFUSED_STREAM") || s.to_string().contains("refused stream") {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
@@ -628,23 +612,12 @@ fn prepare(parts: &mut Parts, h2: bool) {
     }
 }
 
-/// The request head again, for one more attempt.
-fn copy(parts: &Parts) -> hyper::http::request::Parts {
-    let (mut p, ()) = Request::new(()).into_parts();
-    p.method = parts.method.clone();
-    p.uri = parts.uri.clone();
-    p.version = parts.version;
-    p.headers = parts.headers.clone();
-    p
-}
-
 /// What ends with an endpoint's response body: its outstanding count, the
 /// latency, the access log line and, for HTTP/1.1, the connection's return
 /// to the pool.
 struct Done {
     ctx: Arc<Ctx>,
     endpoint: Arc<EndpointState>,
-    sender: Option<Sender>,
     line: Line,
     status: u16,
     attempts: usize,
@@ -656,11 +629,11 @@ impl OnEnd for Done {
         self.ctx.activity.touch();
     }
 
-    fn ended(&mut self, complete: bool) {
+    fn ended(&mut self, complete: bool, conn: Option<h1::Conn>) {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.ctx.http.stats.observe(self.line.started.elapsed());
-        if complete && let Some(sender) = self.sender.take() {
-            self.ctx.http.pool.give_back(&self.endpoint.address, sender);
+        if let Some(conn) = conn {
+            self.ctx.http.pool.give_back(&self.endpoint.address, conn);
         }
         let end = if complete { "complete" } else { "cut" };
         self.line.log(&self.ctx, &self.endpoint.address, self.status, self.attempts, end);
@@ -669,26 +642,18 @@ impl OnEnd for Done {
 
 fn respond(
     ctx: &Arc<Ctx>,
-    response: Response<Incoming>,
+    response: Response<Upstream>,
     endpoint: Arc<EndpointState>,
-    sender: Sender,
     line: Line,
     attempts: usize,
     in_flight: InFlight,
 ) -> Response<RespBody<Done>> {
     let status = response.status().as_u16();
     ctx.http.stats.status(status);
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let done = Done {
-        ctx: ctx.clone(),
-        endpoint,
-        sender: (!sender.is_h2()).then_some(sender),
-        line,
-        status,
-        attempts,
-        _in_flight: in_flight,
-    };
+    // No hop-by-hop fields to strip: HTTP/1.1 ones stayed in the parse
+    // (`h1`), and HTTP/2 has none.
+    let (parts, body) = response.into_parts();
+    let done = Done { ctx: ctx.clone(), endpoint, line, status, attempts, _in_flight: in_flight };
     Response::from_parts(parts, RespBody::upstream(body, done))
 }
 
@@ -796,8 +761,8 @@ async fn upgrade(
     let status = response.status().as_u16();
     stats.status(status);
     let (parts, body) = response.into_parts();
-    let done = Done { ctx: ctx.clone(), endpoint, sender: None, line, status, attempts, _in_flight: in_flight };
-    Response::from_parts(parts, RespBody::upstream(body, done))
+    let done = Done { ctx: ctx.clone(), endpoint, line, status, attempts, _in_flight: in_flight };
+    Response::from_parts(parts, RespBody::upstream(Upstream::Hyper(body), done))
 }
 
 #[cfg(test)]

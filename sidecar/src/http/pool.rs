@@ -1,7 +1,8 @@
 //! Connections to an HTTP outbound's endpoints, kept open between requests.
 //!
-//! HTTP/1.1: a connection carries one request at a time; after its response
-//! ends it waits in the endpoint's idle list (newest first) for the next.
+//! HTTP/1.1: a connection carries one request at a time, driven by the
+//! request's task ([`super::h1`]); after its response ends it waits in the
+//! endpoint's idle list (newest first) for the next.
 //! HTTP/2: one connection per endpoint carries every request at once.
 //! Idle connections older than the idle timeout are closed when met.
 
@@ -10,20 +11,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
+use hyper::http::request::Parts;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Instant;
 
-use super::body::ReqBody;
+use super::body::{ReqBody, Upstream};
+use super::h1;
+use super::policy::Failure;
 use crate::proxy::Io;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// An HTTP/1.1 connection waiting, and since when.
-type Idle = (http1::SendRequest<ReqBody>, Instant);
+type Idle = (h1::Conn, Instant);
 
 #[derive(Debug)]
 pub struct Pool {
@@ -41,29 +44,72 @@ pub struct Pool {
 /// A connection lent to one request.
 #[derive(Debug)]
 pub enum Sender {
-    H1(http1::SendRequest<ReqBody>),
+    H1(h1::Conn),
     H2(http2::SendRequest<ReqBody>),
 }
 
 impl Sender {
-    /// Waits until the connection can take a request; an error means it closed.
-    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+    /// Waits until the connection can take a request; false when it closed.
+    pub async fn ready(&mut self) -> bool {
         match self {
-            Self::H1(s) => s.ready().await,
-            Self::H2(s) => s.ready().await,
+            Self::H1(c) => c.is_usable(),
+            Self::H2(s) => s.ready().await.is_ok(),
         }
     }
 
-    pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, hyper::Error> {
+    /// Sends the request; its response once the head has arrived. An
+    /// HTTP/1.1 connection travels in the response body, back to the pool
+    /// when it ends.
+    /// `head` is copied when `keep` (a retry may need it), else taken;
+    /// HTTP/1.1 writes it where it is.
+    pub async fn send(
+        self,
+        head: &mut Option<Parts>,
+        keep: bool,
+        body: ReqBody,
+    ) -> Result<Response<Upstream>, (Failure, String)> {
+        // Unreachable: nothing retries a request whose head went.
+        let gone = || (Failure::Reset, "the request head was sent already".to_owned());
         match self {
-            Self::H1(s) => s.send_request(req).await,
-            Self::H2(s) => s.send_request(req).await,
+            Self::H1(conn) => {
+                let response = conn
+                    .send(head.as_ref().ok_or_else(gone)?, body)
+                    .await
+                    .map_err(|e| (Failure::Reset, e.to_string()))?;
+                Ok(response.map(Upstream::H1))
+            }
+            Self::H2(mut s) => {
+                let parts = if keep { head.as_ref().map(copy) } else { head.take() };
+                match s.send_request(Request::from_parts(parts.ok_or_else(gone)?, body)).await {
+                    Ok(response) => Ok(response.map(Upstream::Hyper)),
+                    Err(e) => Err((if is_refused(&e) { Failure::Refused } else { Failure::Reset }, e.to_string())),
+                }
+            }
         }
     }
+}
 
-    pub fn is_h2(&self) -> bool {
-        matches!(self, Self::H2(_))
+/// The request head again, for one more attempt.
+fn copy(parts: &Parts) -> Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
+}
+
+/// Whether the endpoint refused the stream unread (HTTP/2 REFUSED_STREAM).
+fn is_refused(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.to_string().contains("REFUSED_STREAM") || s.to_string().contains("refused stream") {
+            return true;
+        }
+        source = s.source();
     }
+    false
 }
 
 /// One upstream connection in the pool's open count, while it lives.
@@ -105,9 +151,9 @@ impl Pool {
             let list = idle.get_mut(endpoint)?;
             let now = Instant::now();
             let mut found = None;
-            while let Some((sender, since)) = list.pop() {
-                if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
-                    found = Some(Sender::H1(sender));
+            while let Some((mut conn, since)) = list.pop() {
+                if now.duration_since(since) < self.idle_timeout && conn.is_usable() {
+                    found = Some(Sender::H1(conn));
                     break;
                 }
             }
@@ -121,11 +167,11 @@ impl Pool {
 
     /// A new connection over `io`, handshaken; an HTTP/2 one is shared from now on.
     pub async fn open(&self, endpoint: &str, io: Box<dyn Io>) -> Result<Sender, hyper::Error> {
-        let io = TokioIo::new(io);
         self.opened.fetch_add(1, Ordering::Relaxed);
-        // Counted open until the connection's task ends (or its handshake fails).
+        // Counted open until the connection closes (or its handshake fails).
         let open = Open::new(&self.open);
         if self.h2 {
+            let io = TokioIo::new(io);
             let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -135,21 +181,12 @@ impl Pool {
             conns.insert(endpoint.to_owned(), sender.clone());
             Ok(Sender::H2(sender))
         } else {
-            let (sender, conn) = http1::Builder::new().writev(false).handshake(io).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(open);
-            });
-            Ok(Sender::H1(sender))
+            Ok(Sender::H1(h1::Conn::new(io, Box::new(open))))
         }
     }
 
     /// Gives back an HTTP/1.1 connection whose response ended.
-    pub fn give_back(&self, endpoint: &str, sender: Sender) {
-        let Sender::H1(sender) = sender else { return };
-        if sender.is_closed() {
-            return;
-        }
+    pub fn give_back(&self, endpoint: &str, sender: h1::Conn) {
         let mut idle = self.h1_idle.lock().unwrap_or_else(PoisonError::into_inner);
         // No allocation once the endpoint has a list.
         match idle.get_mut(endpoint) {
@@ -167,7 +204,7 @@ impl Pool {
         let now = Instant::now();
         let mut idle = self.h1_idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|endpoint, list| {
-            list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_timeout);
+            list.retain_mut(|(c, since)| now.duration_since(*since) < self.idle_timeout && c.is_usable());
             keep(endpoint) && !list.is_empty()
         });
         drop(idle);
