@@ -17,7 +17,7 @@ use http_body_util::BodyExt as _;
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::h1;
+use super::{h1, h2};
 
 /// The most request body kept for a retry (Envoy keeps 1 MiB per
 /// connection; a request that sends more is not retried once sent).
@@ -100,6 +100,11 @@ impl ReqBody {
         Self { chunks: Vec::new(), next: 0, trailers: None, rest: Some(body) }
     }
 
+    /// Whether the whole body is in hand (nothing still arriving).
+    pub fn is_buffered(&self) -> bool {
+        self.rest.is_none()
+    }
+
     /// Whether kept trailers end the body (HTTP/1.1 can send them only chunked).
     pub fn has_trailers(&self) -> bool {
         self.trailers.is_some()
@@ -154,12 +159,13 @@ pub trait OnEnd: Send + Sync + 'static {
     fn ended(&mut self, complete: bool, conn: Option<h1::Conn>);
 }
 
-/// An endpoint's response body: from hyper (HTTP/2, an upgrade) or read
-/// by the request's own task ([`h1`]).
+/// An endpoint's response body: read by the request's own task ([`h1`]),
+/// an HTTP/2 stream's ([`h2`]), or hyper's (an upgrade's answer).
 #[derive(Debug)]
 pub enum Upstream {
     Hyper(Incoming),
     H1(h1::Body),
+    H2(h2::Body),
 }
 
 /// Errors of a response body, boxed as hyper takes them.
@@ -173,6 +179,7 @@ impl Body for Upstream {
         match self.get_mut() {
             Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -180,6 +187,7 @@ impl Body for Upstream {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
             Self::H1(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -187,6 +195,7 @@ impl Body for Upstream {
         match self {
             Self::Hyper(b) => b.size_hint(),
             Self::H1(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
         }
     }
 }

@@ -97,33 +97,40 @@ impl Conn {
     /// reads from this connection as it is polled. Should the endpoint
     /// answer before the request body has all gone, the rest is not sent
     /// and the connection is not reused.
-    pub async fn send(mut self, head: &Parts, body: ReqBody) -> Result<Response<Body>, Error> {
+    /// (Not an `async fn`, which would hold its arguments twice.)
+    pub fn send<'a>(
+        mut self,
+        head: &'a Parts,
+        body: ReqBody,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'a {
         let framing = RequestFraming::of(&body);
         encode_head(&mut self.out, head, framing);
         let mut request = Some(Outgoing { body, framing, ended: false });
-        let mut write_error = None;
-        let parsed = std::future::poll_fn(|cx| {
-            if let Some(outgoing) = &mut request {
-                match self.poll_request(cx, outgoing) {
-                    Poll::Ready(Ok(())) => request = None,
-                    Poll::Ready(Err(Error::Request(e))) => return Poll::Ready(Err(Error::Request(e))),
-                    // The endpoint may have answered and closed: read what it said.
-                    Poll::Ready(Err(e)) => {
-                        write_error = Some(e);
-                        request = None;
+        async move {
+            let mut write_error = None;
+            let parsed = std::future::poll_fn(|cx| {
+                if let Some(outgoing) = &mut request {
+                    match self.poll_request(cx, outgoing) {
+                        Poll::Ready(Ok(())) => request = None,
+                        Poll::Ready(Err(Error::Request(e))) => return Poll::Ready(Err(Error::Request(e))),
+                        // The endpoint may have answered and closed: read what it said.
+                        Poll::Ready(Err(e)) => {
+                            write_error = Some(e);
+                            request = None;
+                        }
+                        Poll::Pending => {}
                     }
-                    Poll::Pending => {}
                 }
-            }
-            self.poll_head(cx, &head.method)
-        })
-        .await;
-        let (response, framing, keep_alive) = match parsed {
-            Ok(p) => p,
-            Err(e) => return Err(write_error.unwrap_or(e)),
-        };
-        let reuse = keep_alive && request.is_none() && write_error.is_none();
-        Ok(response.map(|()| Body { conn: Some(self), framing, reuse }))
+                self.poll_head(cx, &head.method)
+            })
+            .await;
+            let (response, framing, keep_alive) = match parsed {
+                Ok(p) => p,
+                Err(e) => return Err(write_error.unwrap_or(e)),
+            };
+            let reuse = keep_alive && request.is_none() && write_error.is_none();
+            Ok(response.map(|()| Body { conn: Some(self), framing, reuse }))
+        }
     }
 
     /// Writes what is gathered in `out`, gathering more of the body while

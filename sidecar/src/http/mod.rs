@@ -18,6 +18,7 @@
 
 pub mod body;
 pub mod h1;
+pub mod h2;
 pub mod policy;
 pub mod pool;
 pub mod route;
@@ -141,9 +142,11 @@ pub async fn serve(client: TcpStream, route: Arc<Route>, http: Arc<HttpOutbound>
     });
     let service = {
         let ctx = ctx.clone();
+        // The request goes straight into `handle`'s future (an `async`
+        // wrapper would hold it once more).
         hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(handle(req, ctx).await) }
+            use futures::FutureExt as _;
+            handle(req, ctx.clone()).map(Ok::<_, Infallible>)
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -216,10 +219,10 @@ struct Line {
 }
 
 impl Line {
-    fn new(req: &Request<Incoming>, access_log: bool) -> Self {
+    fn new(head: &Parts, access_log: bool) -> Self {
         let request = access_log.then(|| {
-            let path = req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned());
-            (req.method().clone(), path)
+            let path = head.uri.path_and_query().map_or_else(|| head.uri.to_string(), |p| p.as_str().to_owned());
+            (head.method.clone(), path)
         });
         Self { request, started: Instant::now() }
     }
@@ -246,146 +249,163 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.method() == Method::CONNECT
-        || (req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE))
+fn is_upgrade(head: &Parts) -> bool {
+    head.method == Method::CONNECT || (head.version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE))
 }
 
 /// The most attempts a request remembers, to send each retry elsewhere.
 const REMEMBERED: usize = 8;
 
-async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody<Done>> {
-    let stats = &ctx.http.stats;
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let in_flight = InFlight::new(&ctx);
-    let line = Line::new(&req, ctx.settings.access_log);
-    let grpc = is_grpc(req.headers());
-    let policy = ctx.http.policy.load_full();
-    // MeshCircuitBreaker maxRequests: past it, the circuit is open.
-    if stats.in_flight.load(Ordering::Relaxed) > u64::from(policy.limits.max_requests) {
-        return local(&ctx, &line, LocalReason::Overflow, grpc, 0);
-    }
-    if is_upgrade(&req) {
-        // Boxed, as is opening a connection below: rare paths with large
-        // futures would otherwise grow every request's future, which hyper
-        // copies into each HTTP/2 stream's task.
-        return Box::pin(upgrade(req, ctx.clone(), line, in_flight)).await;
-    }
-    let deadline = policy.request_timeout.map(|t| line.started + t);
-    // One timer for the request, however many steps wait on it.
-    let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep_until));
-    let timed_out = |attempts| {
-        stats.timeouts.fetch_add(1, Ordering::Relaxed);
-        local(&ctx, &line, LocalReason::Timeout, grpc, attempts)
-    };
+/// Not an `async fn`, which would hold the request twice (its argument and
+/// its local): hyper copies each HTTP/2 stream's future into a task, so
+/// every byte of it costs on every request.
+fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Response<RespBody<Done>>> + Send {
     let (mut parts, body) = req.into_parts();
-    // MeshHTTPRoute: the rule this request falls under picks its service.
-    let rule = policy.routes.find(&parts);
-    let target = match rule.and_then(route::Rule::backend) {
-        None => ctx.route.clone(),
-        Some(d) => match ctx.http.directory.find(d) {
-            Some(r) => r,
-            None => return local(&ctx, &line, LocalReason::NoHealthyEndpoint, grpc, 0),
-        },
-    };
-    if let Some(rule) = rule {
-        route::modify(&mut parts.headers, &rule.request_headers);
-    }
-    let response_headers = rule.map(|r| r.response_headers.clone()).unwrap_or_default();
-    prepare(&mut parts, ctx.http.h2());
-    let mut captured = match until(timer.as_mut(), Captured::read(body)).await {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            tracing::debug!(service = %ctx.route.service, error = %e, "the client's request body failed");
-            return local(&ctx, &line, LocalReason::Reset, grpc, 0);
+    async move {
+        let stats = &ctx.http.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::new(&ctx);
+        let line = Line::new(&parts, ctx.settings.access_log);
+        let grpc = is_grpc(&parts.headers);
+        let policy = ctx.http.policy.load_full();
+        // MeshCircuitBreaker maxRequests: past it, the circuit is open.
+        if stats.in_flight.load(Ordering::Relaxed) > u64::from(policy.limits.max_requests) {
+            return local(&ctx, &line, LocalReason::Overflow, grpc, 0);
         }
-        None => return timed_out(0),
-    };
-    // The head is copied for each HTTP/2 attempt only when a retry could
-    // use it; otherwise the first attempt that is sent takes it. HTTP/1.1
-    // writes it from here.
-    let keep_head = captured.replayable() && policy.retry.may_resend(&parts.method, grpc, ctx.http.h2());
-    let method = parts.method.clone();
-    let mut head = Some(parts);
-    let balancer = target.balancer.load_full();
-    let mut tried = [usize::MAX; REMEMBERED];
-    let mut attempts = 0usize;
-    let mut retries = 0u32;
-    let mut retrying = None;
-    loop {
-        let now = Instant::now();
-        let remembered = attempts.min(REMEMBERED);
-        // Another endpoint than those tried, if any is healthy; else any.
-        let Some(i) = balancer.pick(&tried[..remembered], now).or_else(|| balancer.pick(&[], now)) else {
-            return local(&ctx, &line, LocalReason::NoHealthyEndpoint, grpc, attempts);
+        if is_upgrade(&parts) {
+            // Boxed, as is opening a connection below: rare paths with large
+            // futures would otherwise grow every request's future.
+            let req = Request::from_parts(std::mem::replace(&mut parts, empty_parts()), body);
+            return Box::pin(upgrade(req, ctx.clone(), line, in_flight)).await;
+        }
+        let deadline = policy.request_timeout.map(|t| line.started + t);
+        // One timer for the request, however many steps wait on it.
+        let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep_until));
+        let timed_out = |attempts| {
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            local(&ctx, &line, LocalReason::Timeout, grpc, attempts)
         };
-        tried[attempts % REMEMBERED] = i;
-        attempts += 1;
-        let endpoint = balancer.endpoints()[i].clone();
-        let failure = match until(timer.as_mut(), sender(&ctx, &target, &balancer, i, &policy)).await {
-            None => return timed_out(attempts),
-            Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
-            Some(Err(Refusal::Failed)) => Failure::Connect,
-            Some(Ok(sender)) => {
-                let send = sender.send(&mut head, keep_head, captured.attempt());
-                endpoint.active.fetch_add(1, Ordering::Relaxed);
-                // A per-try timeout gets a timer of its own only when it is
-                // the sooner (Kong's defaults: 16 s per try, 15 s in all).
-                let per_try = policy.retry.per_try_timeout.map(|t| Instant::now() + t);
-                let sent = match per_try.filter(|p| deadline.is_none_or(|d| *p < d)) {
-                    Some(at) => until(std::pin::pin!(Some(tokio::time::sleep_until(at))), send).await,
-                    None => until(timer.as_mut(), send).await,
-                };
-                let failure = match sent {
-                    Some(Ok(mut response)) => {
-                        let status = response.status().as_u16();
-                        let grpc_status = grpc.then(|| grpc_status(response.headers())).flatten();
-                        let outcome = if status >= 500 { Outcome::ServerError(status) } else { Outcome::Success };
-                        record(&ctx, &balancer, i, outcome);
-                        let failure = Failure::Status(status, grpc_status);
-                        let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
-                        if !(failed && may_retry(&policy, &method, grpc, failure, retries, &captured)) {
-                            route::modify(response.headers_mut(), &response_headers);
-                            return respond(&ctx, response, endpoint, line, attempts, in_flight);
-                        }
-                        // The failed answer is dropped with its connection.
-                        failure
-                    }
-                    Some(Err((failure, error))) => {
-                        record(&ctx, &balancer, i, Outcome::LocalFailure);
-                        tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, %error, "request failed");
-                        failure
-                    }
-                    None => {
-                        record(&ctx, &balancer, i, Outcome::LocalFailure);
-                        Failure::PerTryTimeout
-                    }
-                };
-                endpoint.active.fetch_sub(1, Ordering::Relaxed);
-                failure
+        // MeshHTTPRoute: the rule this request falls under picks its service.
+        let rule = policy.routes.find(&parts);
+        let target = match rule.and_then(route::Rule::backend) {
+            None => ctx.route.clone(),
+            Some(d) => match ctx.http.directory.find(d) {
+                Some(r) => r,
+                None => return local(&ctx, &line, LocalReason::NoHealthyEndpoint, grpc, 0),
+            },
+        };
+        if let Some(rule) = rule {
+            route::modify(&mut parts.headers, &rule.request_headers);
+        }
+        let response_headers = rule.map(|r| r.response_headers.clone()).unwrap_or_default();
+        prepare(&mut parts, ctx.http.h2());
+        let mut captured = match until(timer.as_mut(), Captured::read(body)).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::debug!(service = %ctx.route.service, error = %e, "the client's request body failed");
+                return local(&ctx, &line, LocalReason::Reset, grpc, 0);
             }
+            None => return timed_out(0),
         };
-        if deadline.is_some_and(|d| d <= Instant::now()) {
-            return timed_out(attempts);
-        }
-        let retry = may_retry(&policy, &method, grpc, failure, retries, &captured);
-        // MeshCircuitBreaker maxRetries: retries in flight at once, per outbound.
-        if retry && retrying.is_none() {
-            retrying = Retrying::start(&ctx.http, policy.limits.max_retries);
-        }
-        if !retry || retrying.is_none() {
-            if failure == Failure::PerTryTimeout {
+        // The head is copied for each HTTP/2 attempt only when a retry could
+        // use it; otherwise the first attempt that is sent takes it. HTTP/1.1
+        // writes it from here.
+        let keep_head = captured.replayable() && policy.retry.may_resend(&parts.method, grpc, ctx.http.h2());
+        let mut head_taken = false;
+        let method = parts.method.clone();
+        let balancer = target.balancer.load_full();
+        let mut tried = [usize::MAX; REMEMBERED];
+        let mut attempts = 0usize;
+        let mut retries = 0u32;
+        let mut retrying = None;
+        loop {
+            let now = Instant::now();
+            let remembered = attempts.min(REMEMBERED);
+            // Another endpoint than those tried, if any is healthy; else any.
+            let Some(i) = balancer.pick(&tried[..remembered], now).or_else(|| balancer.pick(&[], now)) else {
+                return local(&ctx, &line, LocalReason::NoHealthyEndpoint, grpc, attempts);
+            };
+            tried[attempts % REMEMBERED] = i;
+            attempts += 1;
+            let endpoint = balancer.endpoints()[i].clone();
+            let failure = match until(timer.as_mut(), sender(&ctx, &target, &balancer, i, &policy)).await {
+                None => return timed_out(attempts),
+                Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
+                Some(Err(Refusal::Failed)) => Failure::Connect,
+                Some(Ok(sender)) => {
+                    // Unreachable: nothing retries a request whose head went.
+                    if head_taken {
+                        return local(&ctx, &line, LocalReason::Reset, grpc, attempts);
+                    }
+                    head_taken = sender.is_h2() && !keep_head;
+                    let send = sender.send(&mut parts, keep_head, captured.attempt());
+                    endpoint.active.fetch_add(1, Ordering::Relaxed);
+                    // A per-try timeout gets a timer of its own only when it is
+                    // the sooner (Kong's defaults: 16 s per try, 15 s in all).
+                    let per_try = policy.retry.per_try_timeout.map(|t| Instant::now() + t);
+                    let mut own = std::pin::pin!(
+                        per_try.filter(|p| deadline.is_none_or(|d| *p < d)).map(tokio::time::sleep_until)
+                    );
+                    // One await for both timers: each await of the send future
+                    // would take its room in every request's future.
+                    let timer = if own.is_some() { own.as_mut() } else { timer.as_mut() };
+                    let sent = until(timer, send).await;
+                    let failure = match sent {
+                        Some(Ok(mut response)) => {
+                            let status = response.status().as_u16();
+                            let grpc_status = grpc.then(|| grpc_status(response.headers())).flatten();
+                            let outcome = if status >= 500 { Outcome::ServerError(status) } else { Outcome::Success };
+                            record(&ctx, &balancer, i, outcome);
+                            let failure = Failure::Status(status, grpc_status);
+                            let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
+                            if !(failed && may_retry(&policy, &method, grpc, failure, retries, &captured)) {
+                                route::modify(response.headers_mut(), &response_headers);
+                                return respond(&ctx, response, endpoint, line, attempts, in_flight);
+                            }
+                            // The failed answer is dropped with its connection.
+                            failure
+                        }
+                        Some(Err((failure, error))) => {
+                            record(&ctx, &balancer, i, Outcome::LocalFailure);
+                            tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, %error, "request failed");
+                            failure
+                        }
+                        None => {
+                            record(&ctx, &balancer, i, Outcome::LocalFailure);
+                            Failure::PerTryTimeout
+                        }
+                    };
+                    endpoint.active.fetch_sub(1, Ordering::Relaxed);
+                    failure
+                }
+            };
+            if deadline.is_some_and(|d| d <= Instant::now()) {
                 return timed_out(attempts);
             }
-            let reason = if failure == Failure::Connect { LocalReason::ConnectFailure } else { LocalReason::Reset };
-            return local(&ctx, &line, reason, grpc, attempts);
-        }
-        retries += 1;
-        stats.retries.fetch_add(1, Ordering::Relaxed);
-        if until(timer.as_mut(), tokio::time::sleep(policy.retry.backoff(retries))).await.is_none() {
-            return timed_out(attempts);
+            let retry = may_retry(&policy, &method, grpc, failure, retries, &captured);
+            // MeshCircuitBreaker maxRetries: retries in flight at once, per outbound.
+            if retry && retrying.is_none() {
+                retrying = Retrying::start(&ctx.http, policy.limits.max_retries);
+            }
+            if !retry || retrying.is_none() {
+                if failure == Failure::PerTryTimeout {
+                    return timed_out(attempts);
+                }
+                let reason = if failure == Failure::Connect { LocalReason::ConnectFailure } else { LocalReason::Reset };
+                return local(&ctx, &line, reason, grpc, attempts);
+            }
+            retries += 1;
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            if until(timer.as_mut(), tokio::time::sleep(policy.retry.backoff(retries))).await.is_none() {
+                return timed_out(attempts);
+            }
         }
     }
+}
+
+/// A request head with nothing in it (allocates nothing).
+fn empty_parts() -> Parts {
+    Request::new(()).into_parts().0
 }
 
 /// A request being retried, counted against MeshCircuitBreaker's maxRetries.
@@ -441,19 +461,34 @@ fn may_retry(
 }
 
 /// Runs `f` until `timer` fires (never, when there is none); `None` when
-/// it fired first.
-async fn until<F: Future>(mut timer: Pin<&mut Option<Sleep>>, f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = f.as_mut().poll(cx) {
+/// it fired first. A struct, not an `async fn`, so that `f` is held once:
+/// an `async fn` keeps its argument and its pinned copy, which doubled the
+/// room every request's future needs.
+fn until<F: Future>(timer: Pin<&mut Option<Sleep>>, f: F) -> Until<'_, F> {
+    Until { timer, f }
+}
+
+pin_project_lite::pin_project! {
+    struct Until<'t, F> {
+        timer: Pin<&'t mut Option<Sleep>>,
+        #[pin]
+        f: F,
+    }
+}
+
+impl<F: Future> Future for Until<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.f.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+        match this.timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(None),
             _ => Poll::Pending,
         }
-    })
-    .await
+    }
 }
 
 /// Why no connection was lent.

@@ -3,7 +3,8 @@
 //! HTTP/1.1: a connection carries one request at a time, driven by the
 //! request's task ([`super::h1`]); after its response ends it waits in the
 //! endpoint's idle list (newest first) for the next.
-//! HTTP/2: one connection per endpoint carries every request at once.
+//! HTTP/2: one connection per endpoint carries every request at once
+//! ([`super::h2`]).
 //! Idle connections older than the idle timeout are closed when met.
 
 use fnv::FnvHashMap as HashMap;
@@ -11,15 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Instant;
 
 use super::body::{ReqBody, Upstream};
-use super::h1;
 use super::policy::Failure;
+use super::{h1, h2};
 use crate::proxy::Io;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -33,7 +32,7 @@ pub struct Pool {
     h2: bool,
     idle_timeout: Duration,
     h1_idle: Mutex<HashMap<String, Vec<Idle>>>,
-    h2_conns: Mutex<HashMap<String, http2::SendRequest<ReqBody>>>,
+    h2_conns: Mutex<HashMap<String, h2::Conn>>,
     /// Upstream connections open now, and made in all.
     pub open: Arc<AtomicU64>,
     pub opened: AtomicU64,
@@ -45,7 +44,7 @@ pub struct Pool {
 #[derive(Debug)]
 pub enum Sender {
     H1(h1::Conn),
-    H2(http2::SendRequest<ReqBody>),
+    H2(h2::Conn),
 }
 
 impl Sender {
@@ -53,39 +52,39 @@ impl Sender {
     pub async fn ready(&mut self) -> bool {
         match self {
             Self::H1(c) => c.is_usable(),
-            Self::H2(s) => s.ready().await.is_ok(),
+            Self::H2(c) => c.ready().await,
         }
     }
 
     /// Sends the request; its response once the head has arrived. An
     /// HTTP/1.1 connection travels in the response body, back to the pool
-    /// when it ends.
-    /// `head` is copied when `keep` (a retry may need it), else taken;
-    /// HTTP/1.1 writes it where it is.
-    pub async fn send(
+    /// when it ends. `head` is copied when `keep` (a retry may need it),
+    /// else taken; HTTP/1.1 writes it where it is. Not an `async fn`: the
+    /// future is the one protocol's, not room for both.
+    pub fn send<'a>(
         self,
-        head: &mut Option<Parts>,
+        head: &'a mut Parts,
         keep: bool,
         body: ReqBody,
-    ) -> Result<Response<Upstream>, (Failure, String)> {
-        // Unreachable: nothing retries a request whose head went.
-        let gone = || (Failure::Reset, "the request head was sent already".to_owned());
+    ) -> impl Future<Output = Result<Response<Upstream>, (Failure, String)>> + Send + 'a {
+        use futures::future::{Either, FutureExt as _};
         match self {
-            Self::H1(conn) => {
-                let response = conn
-                    .send(head.as_ref().ok_or_else(gone)?, body)
-                    .await
-                    .map_err(|e| (Failure::Reset, e.to_string()))?;
-                Ok(response.map(Upstream::H1))
-            }
-            Self::H2(mut s) => {
-                let parts = if keep { head.as_ref().map(copy) } else { head.take() };
-                match s.send_request(Request::from_parts(parts.ok_or_else(gone)?, body)).await {
-                    Ok(response) => Ok(response.map(Upstream::Hyper)),
-                    Err(e) => Err((if is_refused(&e) { Failure::Refused } else { Failure::Reset }, e.to_string())),
-                }
+            Self::H1(conn) => Either::Left(
+                conn.send(head, body)
+                    .map(|sent| sent.map(|r| r.map(Upstream::H1)).map_err(|e| (Failure::Reset, e.to_string()))),
+            ),
+            Self::H2(conn) => {
+                let parts = if keep { copy(head) } else { std::mem::replace(head, Request::new(()).into_parts().0) };
+                Either::Right(conn.send(parts, body).map(|sent| {
+                    sent.map(|r| r.map(Upstream::H2))
+                        .map_err(|e| (if e.refused { Failure::Refused } else { Failure::Reset }, e.to_string()))
+                }))
             }
         }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Self::H2(_))
     }
 }
 
@@ -97,19 +96,6 @@ fn copy(parts: &Parts) -> Parts {
     p.version = parts.version;
     p.headers = parts.headers.clone();
     p
-}
-
-/// Whether the endpoint refused the stream unread (HTTP/2 REFUSED_STREAM).
-fn is_refused(e: &hyper::Error) -> bool {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.to_string().contains("REFUSED_STREAM") || s.to_string().contains("refused stream") {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// One upstream connection in the pool's open count, while it lives.
@@ -166,20 +152,15 @@ impl Pool {
     }
 
     /// A new connection over `io`, handshaken; an HTTP/2 one is shared from now on.
-    pub async fn open(&self, endpoint: &str, io: Box<dyn Io>) -> Result<Sender, hyper::Error> {
+    pub async fn open(&self, endpoint: &str, io: Box<dyn Io>) -> Result<Sender, ::h2::Error> {
         self.opened.fetch_add(1, Ordering::Relaxed);
         // Counted open until the connection closes (or its handshake fails).
         let open = Open::new(&self.open);
         if self.h2 {
-            let io = TokioIo::new(io);
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(open);
-            });
+            let conn = h2::Conn::handshake(io, Box::new(open)).await?;
             let mut conns = self.h2_conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.insert(endpoint.to_owned(), sender.clone());
-            Ok(Sender::H2(sender))
+            conns.insert(endpoint.to_owned(), conn.clone());
+            Ok(Sender::H2(conn))
         } else {
             Ok(Sender::H1(h1::Conn::new(io, Box::new(open))))
         }
