@@ -427,6 +427,12 @@ fn http_metrics(out: &mut String, outbounds: &[Arc<Route>]) {
         &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.retries_overflow).to_string())),
     );
     family(
+        "resends_total",
+        "counter",
+        "requests sent again because an HTTP/2 endpoint did not process them (REFUSED_STREAM, or past a GOAWAY); not retries",
+        &mut http.iter().map(|(r, h)| (labels(r, h), load(&h.stats.resends).to_string())),
+    );
+    family(
         "timeouts_total",
         "counter",
         "requests ended by the request timeout",

@@ -73,6 +73,74 @@ async fn echo_backend() -> SocketAddr {
     addr
 }
 
+/// How a rude h2c backend treats the streams it is sent.
+#[derive(Clone, Copy)]
+enum Rude {
+    /// Answers this many on a connection, then sends GOAWAY and closes it
+    /// once they are done (a server rotating its connections).
+    GoAwayAfter(usize),
+    /// Refuses every n-th stream unread (RST_STREAM REFUSED_STREAM), as a
+    /// server at its stream limit does.
+    RefuseEvery(usize),
+}
+
+/// An h2c backend on the `h2` crate's server; counts its connections.
+async fn rude_backend(rude: Rude) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(s).await.unwrap();
+                let mut seen = 0;
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    seen += 1;
+                    if let Rude::RefuseEvery(n) = rude
+                        && seen % n == 0
+                    {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let mut send = respond.send_response(Response::new(()), false).unwrap();
+                    send.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                    if let Rude::GoAwayAfter(n) = rude
+                        && seen == n
+                    {
+                        conn.graceful_shutdown();
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// 100 GETs, 25 at a time, through `at`: every one answered 200 "ok".
+async fn hundred_gets(at: SocketAddr) {
+    let s = h2_client(at).await;
+    for _ in 0..4 {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..25 {
+            let mut s = s.clone();
+            calls.spawn(async move {
+                s.ready().await.unwrap();
+                let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
+                let req = Request::builder().uri(format!("http://{at}/")).body(body).unwrap();
+                let r = s.send_request(req).await.unwrap();
+                let status = r.status();
+                (status, r.into_body().collect().await.unwrap().to_bytes())
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            let (status, body) = done.unwrap();
+            assert_eq!((status, body.as_ref()), (hyper::StatusCode::OK, &b"ok"[..]), "no request fails");
+        }
+    }
+}
+
 fn serve(n: u8, backend: SocketAddr) -> (Arc<Listeners>, SocketAddr) {
     let ip = Ipv4Addr::new(127, 1, 212, n);
     let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
@@ -144,4 +212,24 @@ async fn an_upload_of_eight_mebibytes_passes_the_endpoints_flow_control() {
     let bytes = all.to_bytes();
     assert_eq!(bytes.len(), 128 * 64 * 1024);
     assert!(bytes.chunks(64 * 1024).enumerate().all(|(i, c)| c.iter().all(|b| usize::from(*b) == i)), "in order");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_sends_goaway_gets_a_new_connection_and_no_request_fails() {
+    let (backend, connections) = rude_backend(Rude::GoAwayAfter(10)).await;
+    let (_l, at) = serve(3, backend);
+    hundred_gets(at).await;
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 5, "a new connection after each GOAWAY");
+}
+
+#[tokio::test]
+async fn refused_streams_are_sent_again_without_counting_as_retries_or_failures() {
+    let (backend, _) = rude_backend(Rude::RefuseEvery(4)).await;
+    let (l, at) = serve(4, backend);
+    hundred_gets(at).await;
+    let route = l.outbounds().into_iter().find(|r| r.listen == at).unwrap();
+    let stats = &route.http.load_full().unwrap().stats;
+    assert!(stats.resends.load(std::sync::atomic::Ordering::Relaxed) >= 25, "a quarter of the streams went again");
+    assert_eq!(stats.retries.load(std::sync::atomic::Ordering::Relaxed), 0, "not retries");
+    assert_eq!(route.stats.ejections.load(std::sync::atomic::Ordering::Relaxed), 0, "the endpoint stays in");
 }

@@ -41,8 +41,9 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Why an attempt failed: `refused` when the endpoint refused the stream
-/// unread (REFUSED_STREAM), so that it may be sent again anywhere.
+/// Why an attempt failed: `refused` when the endpoint did not process the
+/// stream (REFUSED_STREAM, or above the last stream a GOAWAY kept, RFC 9113
+/// section 6.8), so that it may be sent again anywhere.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct Error {
@@ -52,7 +53,8 @@ pub struct Error {
 
 impl From<h2::Error> for Error {
     fn from(error: h2::Error) -> Self {
-        Self { refused: error.reason() == Some(Reason::REFUSED_STREAM), error }
+        let refused = error.reason() == Some(Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote());
+        Self { refused, error }
     }
 }
 
@@ -82,16 +84,26 @@ impl Conn {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Waits until the connection can open another stream; false when it closed.
+    /// Waits until the connection can open another stream; false when it
+    /// closed or is going away (a GOAWAY came), and the pool then passes it by.
     pub async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| self.send.poll_ready(cx)).await.is_ok()
+        let ready = std::future::poll_fn(|cx| self.send.poll_ready(cx)).await.is_ok();
+        if !ready {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        ready
     }
 
     /// Sends a request (its URI absolute) and waits for the response head.
     /// The stream opens and a body in hand goes before the first poll.
     pub fn send(mut self, head: Parts, body: ReqBody) -> impl Future<Output = Result<Response<Body>, Error>> + Send {
         let end = body.is_end_stream();
-        let opened = self.send.send_request(Request::from_parts(head, ()), end).and_then(|(response, stream)| {
+        let opened = self.send.send_request(Request::from_parts(head, ()), end);
+        if opened.is_err() {
+            // Going away, or gone: no more streams on it.
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        let opened = opened.and_then(|(response, stream)| {
             if !end {
                 if body.is_buffered() {
                     send_buffered(body, stream)?;

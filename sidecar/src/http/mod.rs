@@ -256,6 +256,15 @@ fn is_upgrade(head: &Parts) -> bool {
 /// The most attempts a request remembers, to send each retry elsewhere.
 const REMEMBERED: usize = 8;
 
+/// How many times a request an HTTP/2 endpoint did not process (it refused
+/// the stream, or the stream was past the last one a GOAWAY kept) is sent
+/// again at once, on another connection. Not a retry: it counts neither
+/// against MeshRetry's attempts nor MeshCircuitBreaker's `maxRetries`, nor
+/// toward the endpoint's ejection. An endpoint that rotates its connections
+/// (nginx's `keepalive_requests`) refuses the streams in flight each time,
+/// which Envoy turns into 503s once `maxRetries` are in flight.
+const RESENDS: u32 = 5;
+
 /// Not an `async fn`, which would hold the request twice (its argument and
 /// its local): hyper copies each HTTP/2 stream's future into a task, so
 /// every byte of it costs on every request.
@@ -310,8 +319,10 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
         // The head is copied for each HTTP/2 attempt only when a retry could
         // use it; otherwise the first attempt that is sent takes it. HTTP/1.1
         // writes it from here.
-        let keep_head = captured.replayable() && policy.retry.may_resend(&parts.method, grpc, ctx.http.h2());
+        let keep_head =
+            captured.replayable() && (ctx.http.h2() || policy.retry.may_resend(&parts.method, grpc, ctx.http.h2()));
         let mut head_taken = false;
+        let mut resends = 0;
         let method = parts.method.clone();
         let balancer = target.balancer.load_full();
         let mut tried = [usize::MAX; REMEMBERED];
@@ -366,7 +377,11 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
                             failure
                         }
                         Some(Err((failure, error))) => {
-                            record(&ctx, &balancer, i, Outcome::LocalFailure);
+                            // A stream the endpoint did not process says
+                            // nothing of its health (see `RESENDS`).
+                            if failure != Failure::Refused {
+                                record(&ctx, &balancer, i, Outcome::LocalFailure);
+                            }
                             tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, %error, "request failed");
                             failure
                         }
@@ -381,6 +396,11 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
             };
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 return timed_out(attempts);
+            }
+            if failure == Failure::Refused && resends < RESENDS && !head_taken && captured.replayable() {
+                resends += 1;
+                stats.resends.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             let retry = may_retry(&policy, &method, grpc, failure, retries, &captured);
             // MeshCircuitBreaker maxRetries: retries in flight at once, per outbound.

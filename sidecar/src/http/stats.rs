@@ -62,6 +62,8 @@ pub struct HttpStats {
     pub retries: AtomicU64,
     /// Retries not made because MeshCircuitBreaker's maxRetries were in flight.
     pub retries_overflow: AtomicU64,
+    /// Requests an HTTP/2 endpoint did not process, sent again (not retries).
+    pub resends: AtomicU64,
     /// Requests ended by the request timeout or a per-try timeout.
     pub timeouts: AtomicU64,
     /// Local replies, by [`LocalReason`] in the order of `ALL`.
