@@ -215,11 +215,14 @@ async fn an_upload_of_eight_mebibytes_passes_the_endpoints_flow_control() {
 }
 
 #[tokio::test]
-async fn an_endpoint_that_sends_goaway_gets_a_new_connection_and_no_request_fails() {
+async fn an_endpoint_that_sends_goaway_gets_one_new_connection_and_no_request_fails() {
     let (backend, connections) = rude_backend(Rude::GoAwayAfter(10)).await;
     let (_l, at) = serve(3, backend);
     hundred_gets(at).await;
-    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 5, "a new connection after each GOAWAY");
+    // Each round of 25 finds its connection going away at the 10th stream;
+    // the others wait for one new connection rather than opening 15.
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((4..=8).contains(&opened), "one connection at a time per endpoint: {opened} opened for 4 rounds");
 }
 
 #[tokio::test]

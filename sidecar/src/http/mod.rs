@@ -529,6 +529,21 @@ async fn sender(ctx: &Ctx, target: &Route, balancer: &Balancer, i: usize, policy
             return Ok(s);
         }
     }
+    // HTTP/2: one connection per endpoint. Requests that find none wait for
+    // the one being opened (else each would open its own, as every request
+    // in flight does when an endpoint's connection goes away).
+    let _opening = match pool.opening(&endpoint.address) {
+        Some(lock) => {
+            let guard = lock.lock_owned().await;
+            if let Some(mut s) = pool.take(&endpoint.address)
+                && s.ready().await
+            {
+                return Ok(s);
+            }
+            Some(guard)
+        }
+        None => None,
+    };
     if pool.open.load(Ordering::Relaxed) >= u64::from(policy.limits.max_connections) {
         return Err(Refusal::Overflow);
     }

@@ -33,6 +33,8 @@ pub struct Pool {
     idle_timeout: Duration,
     h1_idle: Mutex<HashMap<String, Vec<Idle>>>,
     h2_conns: Mutex<HashMap<String, h2::Conn>>,
+    /// Per endpoint, held while an HTTP/2 connection to it is being opened.
+    h2_opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Upstream connections open now, and made in all.
     pub open: Arc<AtomicU64>,
     pub opened: AtomicU64,
@@ -121,6 +123,7 @@ impl Pool {
             idle_timeout,
             h1_idle: Mutex::default(),
             h2_conns: Mutex::default(),
+            h2_opening: Mutex::default(),
             open: Arc::default(),
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
@@ -166,6 +169,15 @@ impl Pool {
         }
     }
 
+    /// For HTTP/2, the lock to hold while opening a connection to `endpoint`.
+    pub fn opening(&self, endpoint: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        if !self.h2 {
+            return None;
+        }
+        let mut locks = self.h2_opening.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(locks.entry(endpoint.to_owned()).or_default().clone())
+    }
+
     /// Gives back an HTTP/1.1 connection whose response ended.
     pub fn give_back(&self, endpoint: &str, sender: h1::Conn) {
         let mut idle = self.h1_idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -191,6 +203,9 @@ impl Pool {
         drop(idle);
         let mut conns = self.h2_conns.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|endpoint, s| keep(endpoint) && !s.is_closed());
+        drop(conns);
+        let mut locks = self.h2_opening.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.retain(|endpoint, lock| keep(endpoint) || Arc::strong_count(lock) > 1);
     }
 
     /// Idle HTTP/1.1 connections waiting now.
