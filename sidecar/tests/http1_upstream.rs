@@ -5,6 +5,8 @@
 //! the VIP, and the connections the backend saw counted.
 #![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
 
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,8 +19,6 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use loopmesh_shared::model::Protocol;
 use loopmesh_sidecar::listeners::Listeners;
-use loopmesh_sidecar::proxy::ProxySettings;
-use loopmesh_sidecar::view::{Endpoint, Outbound, View};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -174,21 +174,7 @@ async fn backend() -> Backend {
 
 /// An `http` outbound at a VIP of its own over `b`.
 fn serve(n: u8, b: &Backend) -> (Arc<Listeners>, SocketAddr) {
-    let ip = Ipv4Addr::new(127, 1, 211, n);
-    let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
-    let outbound = Outbound {
-        service: "api".into(),
-        kind: None,
-        vip: ip,
-        port,
-        endpoints: vec![Endpoint { address: b.addr.to_string(), zone: None, identity: None }],
-        tls: None,
-        protocol: Protocol::Http,
-    };
-    let settings = ProxySettings { connect_timeout: Duration::from_millis(500), ..ProxySettings::default() };
-    let l = Arc::new(Listeners::new(settings, None, Duration::from_secs(1)));
-    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None, policies: Default::default() }).unwrap();
-    (l, SocketAddr::from((ip, port)))
+    support::serve(Ipv4Addr::new(127, 1, 211, n), b.addr, Protocol::Http)
 }
 
 async fn client(at: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {

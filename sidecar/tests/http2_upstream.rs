@@ -6,6 +6,8 @@
 //! ways.
 #![allow(clippy::unwrap_used)] // a test fails loudly on a broken assumption
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,8 +21,6 @@ use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use loopmesh_shared::model::Protocol;
 use loopmesh_sidecar::listeners::Listeners;
-use loopmesh_sidecar::proxy::ProxySettings;
-use loopmesh_sidecar::view::{Endpoint, Outbound, View};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -141,22 +141,9 @@ async fn hundred_gets(at: SocketAddr) {
     }
 }
 
+/// An `http2` outbound at a VIP of its own over `backend`.
 fn serve(n: u8, backend: SocketAddr) -> (Arc<Listeners>, SocketAddr) {
-    let ip = Ipv4Addr::new(127, 1, 212, n);
-    let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
-    let outbound = Outbound {
-        service: "api".into(),
-        kind: None,
-        vip: ip,
-        port,
-        endpoints: vec![Endpoint { address: backend.to_string(), zone: None, identity: None }],
-        tls: None,
-        protocol: Protocol::Http2,
-    };
-    let settings = ProxySettings { connect_timeout: Duration::from_millis(500), ..ProxySettings::default() };
-    let l = Arc::new(Listeners::new(settings, None, Duration::from_secs(1)));
-    l.apply(View { generation: 1, outbounds: vec![outbound], mtls: None, policies: Default::default() }).unwrap();
-    (l, SocketAddr::from((ip, port)))
+    support::serve(Ipv4Addr::new(127, 1, 212, n), backend, Protocol::Http2)
 }
 
 async fn h2_client(at: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
