@@ -53,7 +53,8 @@ impl Sender {
     /// Waits until the connection can take a request; false when it closed.
     pub async fn ready(&mut self) -> bool {
         match self {
-            Self::H1(c) => c.is_usable(),
+            // `take` checked an idle one; a new one is ready.
+            Self::H1(_) => true,
             Self::H2(c) => c.ready().await,
         }
     }
