@@ -371,7 +371,7 @@ fn encode_head(out: &mut Vec<u8>, head: &Parts, framing: RequestFraming) {
             let expected = matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
             if n > 0 || had_length || expected {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa(n, &mut [0; 20]));
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -423,18 +423,6 @@ fn encode_frame(
         out.extend_from_slice(b"\r\n");
     }
     Ok(true)
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// How much of the connection a response body takes.
