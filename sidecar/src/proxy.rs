@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{Balancer, EndpointState, Target};
+use crate::balance::{Balancer, EndpointState, Outstanding, Target};
 use crate::pump::{Activity, Flow, Peer, carry};
 use crate::tls::{Active, ExternalOrigin, Mtls, MtlsStats};
 use loopmesh_shared::model::{Labels, MtlsMode};
@@ -362,7 +362,7 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
     else {
         return;
     };
-    endpoint.active.fetch_add(1, Ordering::Relaxed);
+    let outstanding = Outstanding::new(endpoint.clone());
     stats.active.fetch_add(1, Ordering::Relaxed);
     let activity = Activity::new();
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -421,7 +421,7 @@ async fn connection(client: TcpStream, route: &Arc<Route>, settings: ProxySettin
     drop(balancer);
     stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
     stats.bytes_received.fetch_add(received, Ordering::Relaxed);
-    endpoint.active.fetch_sub(1, Ordering::Relaxed);
+    drop(outstanding);
     stats.active.fetch_sub(1, Ordering::Relaxed);
     if settings.access_log {
         tracing::info!(

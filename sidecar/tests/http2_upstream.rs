@@ -82,10 +82,22 @@ enum Rude {
     /// Refuses every n-th stream unread (RST_STREAM REFUSED_STREAM), as a
     /// server at its stream limit does.
     RefuseEvery(usize),
+    /// Takes every stream and never answers.
+    Silent,
 }
 
 /// An h2c backend on the `h2` crate's server; counts its connections.
 async fn rude_backend(rude: Rude) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, connections, _) = rude_backend_counting(rude).await;
+    (addr, connections)
+}
+
+/// As [`rude_backend`], also counting the streams it took.
+async fn rude_backend_counting(
+    rude: Rude,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+    let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let taken = streams.clone();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -93,11 +105,18 @@ async fn rude_backend(rude: Rude) -> (SocketAddr, Arc<std::sync::atomic::AtomicU
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let taken = taken.clone();
             tokio::spawn(async move {
                 let mut conn = h2::server::handshake(s).await.unwrap();
                 let mut seen = 0;
+                let mut unanswered = Vec::new();
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     seen += 1;
+                    if let Rude::Silent = rude {
+                        unanswered.push(respond);
+                        continue;
+                    }
                     if let Rude::RefuseEvery(n) = rude
                         && seen % n == 0
                     {
@@ -115,7 +134,7 @@ async fn rude_backend(rude: Rude) -> (SocketAddr, Arc<std::sync::atomic::AtomicU
             });
         }
     });
-    (addr, connections)
+    (addr, connections, streams)
 }
 
 /// 100 GETs, 25 at a time, through `at`: every one answered 200 "ok".
@@ -222,4 +241,41 @@ async fn refused_streams_are_sent_again_without_counting_as_retries_or_failures(
     assert!(stats.resends.load(std::sync::atomic::Ordering::Relaxed) >= 25, "a quarter of the streams went again");
     assert_eq!(stats.retries.load(std::sync::atomic::Ordering::Relaxed), 0, "not retries");
     assert_eq!(route.stats.ejections.load(std::sync::atomic::Ordering::Relaxed), 0, "the endpoint stays in");
+}
+
+#[tokio::test]
+async fn requests_cut_off_by_their_client_leave_no_outstanding_count_behind() {
+    // The count of requests outstanding at an endpoint is least-request
+    // balancing's signal: one left behind by a request whose client left
+    // while it waited makes the endpoint look busy for good.
+    let (backend, _, streams) = rude_backend_counting(Rude::Silent).await;
+    let (l, at) = serve(5, backend);
+    // The h2 crate's client: its connection is one task, whose end closes the socket.
+    let (mut s, conn) = h2::client::handshake(TcpStream::connect(at).await.unwrap()).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        s = s.ready().await.unwrap();
+        let (response, _) =
+            s.send_request(Request::builder().uri(format!("http://{at}/")).body(()).unwrap(), true).unwrap();
+        waiting.push(response);
+    }
+    let route = l.outbounds().into_iter().find(|r| r.listen == at).unwrap();
+    let outstanding = || route.balancer.load().endpoints()[0].active.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..200 {
+        if streams.load(std::sync::atomic::Ordering::SeqCst) == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(outstanding(), 20, "every request waits at the endpoint");
+    // The client goes away: its connection closes with the 20 in flight.
+    conn.abort();
+    for _ in 0..200 {
+        if outstanding() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} requests still counted at the endpoint after their client left", outstanding());
 }

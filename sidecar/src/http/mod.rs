@@ -42,7 +42,7 @@ use loopmesh_shared::model::Protocol;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::balance::{Balancer, EndpointState, Outcome};
+use crate::balance::{Balancer, EndpointState, Outcome, Outstanding};
 use crate::proxy::{Io, ProxySettings, Route};
 use crate::pump::Activity;
 use body::{Captured, OnEnd, ReqBody, RespBody, Upstream};
@@ -350,7 +350,7 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
                     }
                     head_taken = sender.is_h2() && !keep_head;
                     let send = sender.send(&mut parts, keep_head, captured.attempt());
-                    endpoint.active.fetch_add(1, Ordering::Relaxed);
+                    let outstanding = Outstanding::new(endpoint.clone());
                     // A per-try timeout gets a timer of its own only when it is
                     // the sooner (Kong's defaults: 16 s per try, 15 s in all).
                     let per_try = policy.retry.per_try_timeout.map(|t| Instant::now() + t);
@@ -371,7 +371,7 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
                             let failed = status >= 500 || grpc_status.is_some_and(|g| g != 0);
                             if !(failed && may_retry(&policy, &method, grpc, failure, retries, &captured)) {
                                 route::modify(response.headers_mut(), &response_headers);
-                                return respond(&ctx, response, endpoint, line, attempts, in_flight);
+                                return respond(&ctx, response, outstanding, line, attempts, in_flight);
                             }
                             // The failed answer is dropped with its connection.
                             failure
@@ -390,7 +390,7 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
                             Failure::PerTryTimeout
                         }
                     };
-                    endpoint.active.fetch_sub(1, Ordering::Relaxed);
+                    drop(outstanding);
                     failure
                 }
             };
@@ -687,7 +687,7 @@ fn prepare(parts: &mut Parts, h2: bool) {
 /// to the pool.
 struct Done {
     ctx: Arc<Ctx>,
-    endpoint: Arc<EndpointState>,
+    endpoint: Outstanding,
     line: Line,
     status: u16,
     attempts: usize,
@@ -700,7 +700,6 @@ impl OnEnd for Done {
     }
 
     fn ended(&mut self, complete: bool, conn: Option<h1::Conn>) {
-        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.ctx.http.stats.observe(self.line.started.elapsed());
         if let Some(conn) = conn {
             self.ctx.http.pool.give_back(&self.endpoint.address, conn);
@@ -713,7 +712,7 @@ impl OnEnd for Done {
 fn respond(
     ctx: &Arc<Ctx>,
     response: Response<Upstream>,
-    endpoint: Arc<EndpointState>,
+    endpoint: Outstanding,
     line: Line,
     attempts: usize,
     in_flight: InFlight,
@@ -810,13 +809,9 @@ async fn upgrade(
     if !connect && let Some(p) = parts.uri.path_and_query().and_then(|p| p.as_str().parse().ok()) {
         parts.uri = p;
     }
-    endpoint.active.fetch_add(1, Ordering::Relaxed);
-    let mut response = match sender.send_request(Request::from_parts(parts, ReqBody::stream(body))).await {
-        Ok(r) => r,
-        Err(_) => {
-            endpoint.active.fetch_sub(1, Ordering::Relaxed);
-            return local(&ctx, &line, LocalReason::Reset, false, attempts);
-        }
+    let endpoint = Outstanding::new(endpoint);
+    let Ok(mut response) = sender.send_request(Request::from_parts(parts, ReqBody::stream(body))).await else {
+        return local(&ctx, &line, LocalReason::Reset, false, attempts);
     };
     let agreed = response.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && response.status().is_success());
     if agreed {
