@@ -12,6 +12,8 @@ use loopmesh_tests::process::ChildGuard;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod paced;
+
 pub const IPERF_SECONDS: &str = "4";
 
 pub fn free_port() -> u16 {

@@ -5,9 +5,9 @@
 //! - HTTP/1.1 keep-alive requests per second through one VIP (wrk);
 //! - HTTP/2 requests per second, 100 streams on 4 connections (h2load);
 //! - latency added over direct at 50 % of haproxy's peak rate, p50 and p99
-//!   (an open-loop paced client: requests leave on schedule, not when the
-//!   previous one returns), the median of three rounds against each round's
-//!   direct run;
+//!   (`loopmesh_bench::paced`: an open-loop client whose requests leave on
+//!   schedule, not when the previous one returns), the median of five
+//!   rounds against each round's direct run, with their range;
 //! - memory per idle client connection and per 1,000 pooled upstream ones;
 //! - user-space instructions per request under callgrind (haproxy and
 //!   loopmesh): a count, as steady from run to run as times are not, so a
@@ -17,7 +17,9 @@
 //! the sidecar's `--workers 1`): the load generators need the other core.
 //!
 //! Needs wrk, h2load, nginx, haproxy and valgrind on PATH (`bench/run http`
-//! installs them).
+//! installs them). Arguments pick sections (`rate`, `latency`, `memory`,
+//! `instructions`; none: all); `LOOPMESH_BENCH_LOAD` sets the latency
+//! test's fraction of the peak (0.5).
 #![allow(clippy::unwrap_used, clippy::disallowed_types)] // a benchmark measures wall time and fails loudly
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,6 +30,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use loopmesh_bench::paced::paced;
 use loopmesh_bench::*;
 use loopmesh_tests::process::{ChildGuard, admin_get, workspace_binary};
 use tokio::net::TcpStream;
@@ -36,13 +39,14 @@ const SECONDS: &str = "4";
 
 /// An nginx of its own: a config holding `servers`, logs off, one worker
 /// (as each proxy gets: the machine has 2 cores and the load generator
-/// needs one).
+/// needs one), and no master process: killing a master leaves its worker
+/// running, and one left from a run spun at 30 % of a core through the next.
 fn nginx(dir: &std::path::Path, name: &str, servers: &str) -> ChildGuard {
     let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let conf = prefix.join("nginx.conf");
     let text = format!(
-        "daemon off;\nworker_processes 1;\npid {pid};\nerror_log /dev/null crit;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n{servers}\n}}\n",
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log /dev/null crit;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n{servers}\n}}\n",
         pid = prefix.join("nginx.pid").display(),
         tmp = prefix.join("tmp").display(),
     );
@@ -90,63 +94,6 @@ fn h2load(target: SocketAddr) -> f64 {
     let failed = text.lines().find(|l| l.starts_with("requests:")).unwrap_or_default();
     assert!(failed.contains(" 0 failed"), "h2load against {target}: {failed}");
     line.split(',').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-}
-
-/// Open-loop latency at `rate` requests per second over 8 connections for
-/// `secs`: each request leaves on its schedule, so a slow answer cannot
-/// slow the load down (no coordinated omission). Returns (p50, p99) in us.
-async fn paced(target: SocketAddr, h2: bool, rate: f64, secs: f64) -> (f64, f64) {
-    const CONNECTIONS: usize = 8;
-    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
-    let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        tasks.push(tokio::spawn(async move {
-            let io = TokioIo::new(TcpStream::connect(target).await.unwrap());
-            let mut samples = Vec::new();
-            // Staggered, so the connections do not fire together.
-            tokio::time::sleep(interval.mul_f64(c as f64 / CONNECTIONS as f64)).await;
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            if h2 {
-                let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
-                tokio::spawn(conn);
-                let mut inflight = tokio::task::JoinSet::new();
-                while Instant::now() < end {
-                    let scheduled = tick.tick().await.into_std();
-                    let mut s = sender.clone();
-                    inflight.spawn(async move {
-                        let req =
-                            Request::builder().uri(format!("http://{target}/")).body(Empty::<Bytes>::new()).unwrap();
-                        let r = s.send_request(req).await.unwrap();
-                        r.into_body().collect().await.unwrap();
-                        scheduled.elapsed().as_secs_f64() * 1e6
-                    });
-                }
-                while let Some(t) = inflight.join_next().await {
-                    samples.push(t.unwrap());
-                }
-            } else {
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-                tokio::spawn(conn);
-                while Instant::now() < end {
-                    let scheduled = tick.tick().await.into_std();
-                    sender.ready().await.unwrap();
-                    let req = Request::builder().uri("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
-                    let r = sender.send_request(req).await.unwrap();
-                    r.into_body().collect().await.unwrap();
-                    samples.push(scheduled.elapsed().as_secs_f64() * 1e6);
-                }
-            }
-            samples
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_by(f64::total_cmp);
-    (all[all.len() / 2], all[all.len() * 99 / 100])
 }
 
 /// CPU ticks of a process and its children (nginx's worker).
@@ -202,6 +149,10 @@ async fn sidecar(view_file: &std::path::Path, admin: SocketAddr) -> ChildGuard {
 /// Rounds per target: this machine's runs vary by 15 %, so each target
 /// runs `ROUNDS` times, the order rotated each round, and the median counts.
 const ROUNDS: usize = 3;
+
+/// Rounds of the latency test: a p99 on two shared cores moves by
+/// milliseconds when the scheduler stalls a process, so it takes more.
+const LATENCY_ROUNDS: usize = 5;
 
 /// Runs each load `ROUNDS` times per target, rotating the order: (median
 /// requests per second, that round's proxy CPU us per request).
@@ -308,6 +259,9 @@ fn metric(admin: SocketAddr, name: &str, service: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // Sections to run (`rate`, `latency`, `memory`, `instructions`); none named runs all.
+    let picked: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     let dir = std::env::temp_dir().join(format!("loopmesh-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -356,32 +310,41 @@ async fn main() {
     }
     let names = ["direct", "haproxy", "nginx", "loopmesh", "loopmesh tcp"];
     let pids = [None, Some(ha.0.id()), Some(ng.0.id()), Some(lm.0.id()), Some(lm.0.id())];
-
-    println!(
-        "HTTP/1.1 keep-alive, requests per second (wrk, 2 threads, 50 connections, {SECONDS} s; median of {ROUNDS} rounds, order rotated)"
-    );
     let h1_targets = [h1_backend, ha_h1, ng_h1, lm_h1, lm_tcp];
-    let h1 = rates(&h1_targets, &pids, wrk);
-    print_rates(&names, &h1);
-
-    println!(
-        "\nHTTP/2, requests per second (h2load, 4 connections x 25 streams, {SECONDS} s, median of {ROUNDS}; nginx proxies to HTTP/1.1)"
-    );
     let h2_targets = [h2_backend, ha_h2, ng_h2, lm_h2];
-    let h2 = rates(&h2_targets, &pids[..4], h2load);
-    print_rates(&names[..4], &h2);
 
-    for (label, is_h2, targets, peak) in
-        [("HTTP/1.1", false, &h1_targets[..4], h1[1].0), ("HTTP/2", true, &h2_targets[..], h2[1].0)]
-    {
-        let rate = peak * 0.5;
+    // haproxy's peaks: from the rate section, or (run alone) one round each.
+    let (mut h1_peak, mut h2_peak) = (None, None);
+    if wants("rate") {
         println!(
-            "\n{label} latency at {rate:.0} req/s (50 % of haproxy's peak), open loop, 8 connections, 4 s; median of {ROUNDS} rounds, order rotated"
+            "HTTP/1.1 keep-alive, requests per second (wrk, 2 threads, 50 connections, {SECONDS} s; median of {ROUNDS} rounds, order rotated)"
+        );
+        let h1 = rates(&h1_targets, &pids, wrk);
+        print_rates(&names, &h1);
+        println!(
+            "\nHTTP/2, requests per second (h2load, 4 connections x 25 streams, {SECONDS} s, median of {ROUNDS}; nginx proxies to HTTP/1.1)"
+        );
+        let h2 = rates(&h2_targets, &pids[..4], h2load);
+        print_rates(&names[..4], &h2);
+        (h1_peak, h2_peak) = (Some(h1[1].0), Some(h2[1].0));
+    }
+
+    // The latency test's load, a fraction of haproxy's peak (0.5 unless
+    // LOOPMESH_BENCH_LOAD says otherwise, to see how latency grows with it).
+    let load: f64 = std::env::var("LOOPMESH_BENCH_LOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5);
+    let latency_rounds = [("HTTP/1.1", false, &h1_targets[..4]), ("HTTP/2", true, &h2_targets[..])];
+    for (label, is_h2, targets) in latency_rounds.into_iter().filter(|_| wants("latency")) {
+        let peak =
+            if is_h2 { h2_peak } else { h1_peak }.unwrap_or_else(|| if is_h2 { h2load(ha_h2) } else { wrk(ha_h1) });
+        let rate = peak * load;
+        println!(
+            "\n{label} latency at {rate:.0} req/s ({:.0} % of haproxy's peak), open loop, 8 connections, 4 s; median of {LATENCY_ROUNDS} rounds (and their range), order rotated",
+            load * 100.0
         );
         // Each round's added latency is against that round's direct run.
         let mut p50s = vec![Vec::new(); targets.len()];
         let mut p99s = vec![Vec::new(); targets.len()];
-        for round in 0..ROUNDS {
+        for round in 0..LATENCY_ROUNDS {
             let mut results = vec![(0.0, 0.0); targets.len()];
             for k in 0..targets.len() {
                 let i = (k + round) % targets.len();
@@ -392,20 +355,33 @@ async fn main() {
                 p99s[i].push((*p99, p99 - results[0].1));
             }
         }
+        // (absolute, added) of the median round, and the range of the added.
         let median = |v: &mut Vec<(f64, f64)>| {
             v.sort_by(|a, b| a.1.total_cmp(&b.1));
-            v[v.len() / 2]
+            (v[v.len() / 2], v[0].1, v[v.len() - 1].1)
         };
         for i in 0..targets.len() {
-            let ((p50, a50), (p99, a99)) = (median(&mut p50s[i]), median(&mut p99s[i]));
+            let ((p50, a50), lo50, hi50) = median(&mut p50s[i]);
+            let ((p99, a99), lo99, hi99) = median(&mut p99s[i]);
             println!(
-                "{:<13} p50 {p50:>8.0} us  p99 {p99:>8.0} us  added p50 {a50:>+7.0} us  added p99 {a99:>+8.0} us",
+                "{:<13} p50 {p50:>6.0} us  p99 {p99:>6.0} us  added p50 {a50:>+5.0} us ({lo50:+.0}..{hi50:+.0})  added p99 {a99:>+6.0} us ({lo99:+.0}..{hi99:+.0})",
                 names[i]
             );
         }
     }
     drop(lm);
+    if wants("memory") {
+        memory(&dir, h1_backend).await;
+    }
+    if wants("instructions") {
+        instructions_section(&dir, h1_backend, h2_backend);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+/// Memory per idle client connection and per 1,000 pooled upstream ones,
+/// on a fresh sidecar of its own.
+async fn memory(dir: &std::path::Path, h1_backend: SocketAddr) {
     println!("\nmemory (a fresh sidecar of its own)");
     let slow_port = free_port();
     let pool_ips: Vec<Ipv4Addr> = (1..=4).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
@@ -470,10 +446,14 @@ async fn main() {
         with_pool.saturating_sub(before_pool) as f64 * 1000.0 / pooled.max(1.0)
     );
     drop(lm);
+}
 
+/// User-space instructions per request, haproxy against loopmesh.
+fn instructions_section(dir: &std::path::Path, h1_backend: SocketAddr, h2_backend: SocketAddr) {
+    let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
     println!("\nuser-space instructions per request (callgrind, {COUNTED} requests after a warm-up; h2load)");
     let (ha_h1, ha_h2) = (port(0), port(0));
-    let ha_cfg = haproxy_config(&dir, ha_h1, ha_h2, h1_backend, h2_backend);
+    let ha_cfg = haproxy_config(dir, ha_h1, ha_h2, h1_backend, h2_backend);
     let cg_view = dir.join("view-callgrind.json");
     let (cg_h1, cg_h2) = (SocketAddr::from(([127, 32, 0, 1], 8080)), SocketAddr::from(([127, 32, 0, 2], 8080)));
     std::fs::write(
@@ -491,9 +471,8 @@ async fn main() {
         .args(["--admin-address", &SocketAddr::from(([127, 0, 0, 1], free_port())).to_string(), "--workers", "1"])
         .env("RUST_LOG", "warn");
     for (label, h2, ha, lm) in [("HTTP/1.1", false, ha_h1, cg_h1), ("HTTP/2", true, ha_h2, cg_h2)] {
-        let haproxy = instructions(&dir, Command::new("haproxy").arg("-f").arg(&ha_cfg), ha, h2);
-        let loopmesh = instructions(&dir, &mut sidecar_cmd, lm, h2);
+        let haproxy = instructions(dir, Command::new("haproxy").arg("-f").arg(&ha_cfg), ha, h2);
+        let loopmesh = instructions(dir, &mut sidecar_cmd, lm, h2);
         println!("{label:<9} haproxy {haproxy:>7.0}  loopmesh {loopmesh:>7.0}  ({:.2}x haproxy)", loopmesh / haproxy);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
