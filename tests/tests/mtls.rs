@@ -413,13 +413,17 @@ async fn ca_rotation_under_traffic_resets_nothing() {
 
     // 1. A second backend: its root is made (one sidecar renews) and trusted everywhere.
     apply_resource(&table, &two_backends("ca-1", &["ca-1", "ca-2"])).await;
-    eventually("the ca-2 root", Duration::from_secs(60), || {
-        admin_get(web_admin, "/config").1.contains("\"ca-2\": \"-----BEGIN")
-    })
-    .await;
+    // Both keepers see the root (a second one then makes no renewal of its
+    // own): a keeper that had not yet would make a late renewal, still on
+    // ca-1, which step 2's count would take for its switch to ca-2.
+    for admin in [web_admin, echo_admin] {
+        eventually("the ca-2 root", Duration::from_secs(60), || {
+            admin_get(admin, "/config").1.contains("\"ca-2\": \"-----BEGIN")
+        })
+        .await;
+    }
     echo(&mut held, b"added").await;
     works().await;
-    // Let both keepers see the root (a second one then makes no renewal of its own).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (echo_certs, web_certs) = (issued(echo_admin), issued(web_admin));
 
