@@ -21,6 +21,7 @@ use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use loopmesh_shared::model::Protocol;
 use loopmesh_sidecar::listeners::Listeners;
+use loopmesh_tests::process::eventually;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -88,16 +89,6 @@ enum Rude {
 
 /// An h2c backend on the `h2` crate's server; counts its connections.
 async fn rude_backend(rude: Rude) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let (addr, connections, _) = rude_backend_counting(rude).await;
-    (addr, connections)
-}
-
-/// As [`rude_backend`], also counting the streams it took.
-async fn rude_backend_counting(
-    rude: Rude,
-) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
-    let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let taken = streams.clone();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -105,13 +96,11 @@ async fn rude_backend_counting(
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let taken = taken.clone();
             tokio::spawn(async move {
                 let mut conn = h2::server::handshake(s).await.unwrap();
                 let mut seen = 0;
                 let mut unanswered = Vec::new();
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     seen += 1;
                     if let Rude::Silent = rude {
                         unanswered.push(respond);
@@ -134,7 +123,7 @@ async fn rude_backend_counting(
             });
         }
     });
-    (addr, connections, streams)
+    (addr, connections)
 }
 
 /// 100 GETs, 25 at a time, through `at`: every one answered 200 "ok".
@@ -248,7 +237,7 @@ async fn requests_cut_off_by_their_client_leave_no_outstanding_count_behind() {
     // The count of requests outstanding at an endpoint is least-request
     // balancing's signal: one left behind by a request whose client left
     // while it waited makes the endpoint look busy for good.
-    let (backend, _, streams) = rude_backend_counting(Rude::Silent).await;
+    let (backend, _) = rude_backend(Rude::Silent).await;
     let (l, at) = serve(5, backend);
     // The h2 crate's client: its connection is one task, whose end closes the socket.
     let (mut s, conn) = h2::client::handshake(TcpStream::connect(at).await.unwrap()).await.unwrap();
@@ -262,20 +251,11 @@ async fn requests_cut_off_by_their_client_leave_no_outstanding_count_behind() {
     }
     let route = l.outbounds().into_iter().find(|r| r.listen == at).unwrap();
     let outstanding = || route.balancer.load().endpoints()[0].active.load(std::sync::atomic::Ordering::Relaxed);
-    for _ in 0..200 {
-        if streams.load(std::sync::atomic::Ordering::SeqCst) == 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(outstanding(), 20, "every request waits at the endpoint");
+    eventually("every request counted waiting at the endpoint", Duration::from_secs(2), || outstanding() == 20).await;
     // The client goes away: its connection closes with the 20 in flight.
     conn.abort();
-    for _ in 0..200 {
-        if outstanding() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{} requests still counted at the endpoint after their client left", outstanding());
+    eventually("no request counted at the endpoint after their client left", Duration::from_secs(2), || {
+        outstanding() == 0
+    })
+    .await;
 }

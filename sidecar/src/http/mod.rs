@@ -338,7 +338,6 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
             };
             tried[attempts % REMEMBERED] = i;
             attempts += 1;
-            let endpoint = balancer.endpoints()[i].clone();
             let failure = match until(timer.as_mut(), sender(&ctx, &target, &balancer, i, &policy)).await {
                 None => return timed_out(attempts),
                 Some(Err(Refusal::Overflow)) => return local(&ctx, &line, LocalReason::Overflow, grpc, attempts),
@@ -350,7 +349,7 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
                     }
                     head_taken = sender.is_h2() && !keep_head;
                     let send = sender.send(&mut parts, keep_head, captured.attempt());
-                    let outstanding = Outstanding::new(endpoint.clone());
+                    let outstanding = Outstanding::new(balancer.endpoints()[i].clone());
                     // A per-try timeout gets a timer of its own only when it is
                     // the sooner (Kong's defaults: 16 s per try, 15 s in all).
                     let per_try = policy.retry.per_try_timeout.map(|t| Instant::now() + t);
@@ -382,7 +381,7 @@ fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> impl Future<Output = Respons
                             if failure != Failure::Refused {
                                 record(&ctx, &balancer, i, Outcome::LocalFailure);
                             }
-                            tracing::debug!(service = %ctx.route.service, endpoint = %endpoint.address, %error, "request failed");
+                            tracing::debug!(service = %ctx.route.service, endpoint = %outstanding.address, %error, "request failed");
                             failure
                         }
                         None => {
