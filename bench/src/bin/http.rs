@@ -17,9 +17,10 @@
 //! the sidecar's `--workers 1`): the load generators need the other core.
 //!
 //! Needs wrk, h2load, nginx, haproxy and valgrind on PATH (`bench/run http`
-//! installs them). Arguments pick sections (`rate`, `latency`, `memory`,
-//! `instructions`; none: all); `LOOPMESH_BENCH_LOAD` sets the latency
-//! test's fraction of the peak (0.5).
+//! installs them). Arguments pick sections (`rate`, `latency`, or one
+//! protocol's `latency-h1` / `latency-h2`, `memory`, `instructions`; none:
+//! all); `LOOPMESH_BENCH_LOAD` lists the latency test's fractions of the
+//! peak (0.5; say `0.3,0.4,0.5` for a curve).
 #![allow(clippy::unwrap_used, clippy::disallowed_types)] // a benchmark measures wall time and fails loudly
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -329,44 +330,17 @@ async fn main() {
         (h1_peak, h2_peak) = (Some(h1[1].0), Some(h2[1].0));
     }
 
-    // The latency test's load, a fraction of haproxy's peak (0.5 unless
-    // LOOPMESH_BENCH_LOAD says otherwise, to see how latency grows with it).
-    let load: f64 = std::env::var("LOOPMESH_BENCH_LOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5);
-    let latency_rounds = [("HTTP/1.1", false, &h1_targets[..4]), ("HTTP/2", true, &h2_targets[..])];
-    for (label, is_h2, targets) in latency_rounds.into_iter().filter(|_| wants("latency")) {
+    // The latency test's loads, fractions of haproxy's peak: 0.5 unless
+    // LOOPMESH_BENCH_LOAD lists others (say "0.3,0.4,0.5"), to see how
+    // latency grows with the load.
+    let loads = latency_loads();
+    let latency_rounds =
+        [("HTTP/1.1", "latency-h1", false, &h1_targets[..4]), ("HTTP/2", "latency-h2", true, &h2_targets[..])];
+    for (label, _, is_h2, targets) in latency_rounds.into_iter().filter(|r| wants("latency") || wants(r.1)) {
         let peak =
             if is_h2 { h2_peak } else { h1_peak }.unwrap_or_else(|| if is_h2 { h2load(ha_h2) } else { wrk(ha_h1) });
-        let rate = peak * load;
-        println!(
-            "\n{label} latency at {rate:.0} req/s ({:.0} % of haproxy's peak), open loop, 8 connections, 4 s; median of {LATENCY_ROUNDS} rounds (and their range), order rotated",
-            load * 100.0
-        );
-        // Each round's added latency is against that round's direct run.
-        let mut p50s = vec![Vec::new(); targets.len()];
-        let mut p99s = vec![Vec::new(); targets.len()];
-        for round in 0..LATENCY_ROUNDS {
-            let mut results = vec![(0.0, 0.0); targets.len()];
-            for k in 0..targets.len() {
-                let i = (k + round) % targets.len();
-                results[i] = paced(targets[i], is_h2, rate, 4.0).await;
-            }
-            for (i, (p50, p99)) in results.iter().enumerate() {
-                p50s[i].push((*p50, p50 - results[0].0));
-                p99s[i].push((*p99, p99 - results[0].1));
-            }
-        }
-        // (absolute, added) of the median round, and the range of the added.
-        let median = |v: &mut Vec<(f64, f64)>| {
-            v.sort_by(|a, b| a.1.total_cmp(&b.1));
-            (v[v.len() / 2], v[0].1, v[v.len() - 1].1)
-        };
-        for i in 0..targets.len() {
-            let ((p50, a50), lo50, hi50) = median(&mut p50s[i]);
-            let ((p99, a99), lo99, hi99) = median(&mut p99s[i]);
-            println!(
-                "{:<13} p50 {p50:>6.0} us  p99 {p99:>6.0} us  added p50 {a50:>+5.0} us ({lo50:+.0}..{hi50:+.0})  added p99 {a99:>+6.0} us ({lo99:+.0}..{hi99:+.0})",
-                names[i]
-            );
+        for &load in &loads {
+            latency(label, is_h2, targets, &names, peak, load).await;
         }
     }
     drop(lm);
@@ -377,6 +351,57 @@ async fn main() {
         instructions_section(&dir, h1_backend, h2_backend);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `LOOPMESH_BENCH_LOAD` fractions of the peak (0.5 when unset).
+fn latency_loads() -> Vec<f64> {
+    let Ok(v) = std::env::var("LOOPMESH_BENCH_LOAD") else { return vec![0.5] };
+    v.split(',')
+        .map(|f| match f.trim().parse::<f64>() {
+            Ok(l) if l > 0.0 && l <= 1.0 => l,
+            _ => {
+                eprintln!("LOOPMESH_BENCH_LOAD: {f:?} is not a fraction of the peak in (0, 1]");
+                std::process::exit(2)
+            }
+        })
+        .collect()
+}
+
+/// Added latency p50 and p99 of each target at `load` x `peak` requests
+/// per second: the median of rounds against that round's direct run.
+async fn latency(label: &str, is_h2: bool, targets: &[SocketAddr], names: &[&str], peak: f64, load: f64) {
+    let rate = peak * load;
+    println!(
+        "\n{label} latency at {rate:.0} req/s ({:.0} % of haproxy's peak), open loop, 8 connections, 4 s; median of {LATENCY_ROUNDS} rounds (and their range), order rotated",
+        load * 100.0
+    );
+    // Each round's added latency is against that round's direct run.
+    let mut p50s = vec![Vec::new(); targets.len()];
+    let mut p99s = vec![Vec::new(); targets.len()];
+    for round in 0..LATENCY_ROUNDS {
+        let mut results = vec![(0.0, 0.0); targets.len()];
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            results[i] = paced(targets[i], is_h2, rate, 4.0).await;
+        }
+        for (i, (p50, p99)) in results.iter().enumerate() {
+            p50s[i].push((*p50, p50 - results[0].0));
+            p99s[i].push((*p99, p99 - results[0].1));
+        }
+    }
+    // (absolute, added) of the median round, and the range of the added.
+    let median = |v: &mut Vec<(f64, f64)>| {
+        v.sort_by(|a, b| a.1.total_cmp(&b.1));
+        (v[v.len() / 2], v[0].1, v[v.len() - 1].1)
+    };
+    for i in 0..targets.len() {
+        let ((p50, a50), lo50, hi50) = median(&mut p50s[i]);
+        let ((p99, a99), lo99, hi99) = median(&mut p99s[i]);
+        println!(
+            "{:<13} p50 {p50:>6.0} us  p99 {p99:>6.0} us  added p50 {a50:>+5.0} us ({lo50:+.0}..{hi50:+.0})  added p99 {a99:>+6.0} us ({lo99:+.0}..{hi99:+.0})",
+            names[i]
+        );
+    }
 }
 
 /// Memory per idle client connection and per 1,000 pooled upstream ones,
