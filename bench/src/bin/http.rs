@@ -260,9 +260,17 @@ fn metric(admin: SocketAddr, name: &str, service: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    // Sections to run (`rate`, `latency`, `memory`, `instructions`); none named runs all.
+    // Sections to run (`rate`, `latency`, `latency-h1`, `latency-h2`,
+    // `memory`, `instructions`); none named runs all.
     let picked: Vec<String> = std::env::args().skip(1).collect();
     let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+    const SECTIONS: [&str; 6] = ["rate", "latency", "latency-h1", "latency-h2", "memory", "instructions"];
+    if let Some(unknown) = picked.iter().find(|p| !SECTIONS.contains(&p.as_str())) {
+        eprintln!("{unknown:?} is not a section: pick from {}", SECTIONS.join(", "));
+        std::process::exit(2);
+    }
+    // Read before anything starts: a bad value must not leave servers behind.
+    let loads = latency_loads();
     let dir = std::env::temp_dir().join(format!("loopmesh-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -330,10 +338,7 @@ async fn main() {
         (h1_peak, h2_peak) = (Some(h1[1].0), Some(h2[1].0));
     }
 
-    // The latency test's loads, fractions of haproxy's peak: 0.5 unless
-    // LOOPMESH_BENCH_LOAD lists others (say "0.3,0.4,0.5"), to see how
-    // latency grows with the load.
-    let loads = latency_loads();
+    // The latency test's loads (`loads`) are fractions of haproxy's peak.
     let latency_rounds =
         [("HTTP/1.1", "latency-h1", false, &h1_targets[..4]), ("HTTP/2", "latency-h2", true, &h2_targets[..])];
     for (label, _, is_h2, targets) in latency_rounds.into_iter().filter(|r| wants("latency") || wants(r.1)) {
