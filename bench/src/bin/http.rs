@@ -155,6 +155,9 @@ const ROUNDS: usize = 3;
 /// milliseconds when the scheduler stalls a process, so it takes more.
 const LATENCY_ROUNDS: usize = 5;
 
+/// The sections an argument can pick.
+const SECTIONS: [&str; 6] = ["rate", "latency", "latency-h1", "latency-h2", "memory", "instructions"];
+
 /// Runs each load `ROUNDS` times per target, rotating the order: (median
 /// requests per second, that round's proxy CPU us per request).
 fn rates(targets: &[SocketAddr], pids: &[Option<u32>], load: fn(SocketAddr) -> f64) -> Vec<(f64, f64)> {
@@ -260,11 +263,9 @@ fn metric(admin: SocketAddr, name: &str, service: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    // Sections to run (`rate`, `latency`, `latency-h1`, `latency-h2`,
-    // `memory`, `instructions`); none named runs all.
+    // Sections to run; none named runs all.
     let picked: Vec<String> = std::env::args().skip(1).collect();
     let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
-    const SECTIONS: [&str; 6] = ["rate", "latency", "latency-h1", "latency-h2", "memory", "instructions"];
     if let Some(unknown) = picked.iter().find(|p| !SECTIONS.contains(&p.as_str())) {
         eprintln!("{unknown:?} is not a section: pick from {}", SECTIONS.join(", "));
         std::process::exit(2);
