@@ -17,8 +17,10 @@
 //!   as bytes once the endpoint agrees.
 
 pub mod body;
+pub mod frame;
 pub mod h1;
 pub mod h2;
+pub mod hpack;
 pub mod policy;
 pub mod pool;
 pub mod route;
