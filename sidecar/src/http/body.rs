@@ -100,6 +100,12 @@ impl ReqBody {
         Self { chunks: Vec::new(), next: 0, trailers: None, rest: Some(body) }
     }
 
+    /// A body all in hand, for tests of what sends it.
+    #[cfg(test)]
+    pub fn whole(chunks: Vec<Bytes>) -> Self {
+        Self { chunks, next: 0, trailers: None, rest: None }
+    }
+
     /// Whether the whole body is in hand (nothing still arriving).
     pub fn is_buffered(&self) -> bool {
         self.rest.is_none()

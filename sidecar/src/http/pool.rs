@@ -156,7 +156,7 @@ impl Pool {
     }
 
     /// A new connection over `io`, handshaken; an HTTP/2 one is shared from now on.
-    pub async fn open(&self, endpoint: &str, io: Box<dyn Io>) -> Result<Sender, ::h2::Error> {
+    pub async fn open(&self, endpoint: &str, io: Box<dyn Io>) -> Result<Sender, h2::Error> {
         self.opened.fetch_add(1, Ordering::Relaxed);
         // Counted open until the connection closes (or its handshake fails).
         let open = Open::new(&self.open);
