@@ -864,6 +864,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_hpack_bomb_fails_its_stream_only() {
+        let (conn, mut peer) = Peer::start().await;
+        let first = tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        peer.next_of_stream().await;
+        // A 4,000-byte field put in the table once, then named 100 times:
+        // 400 KB of headers from a 4 KB block.
+        let mut bomb = block(&[(Name::Status, "200")]);
+        bomb.extend_from_slice(&[0x40, 5]);
+        bomb.extend_from_slice(b"x-big");
+        bomb.extend_from_slice(&[0x7f, 0xa1, 0x1e]);
+        bomb.extend_from_slice(&[b'a'; 4000]);
+        bomb.extend_from_slice(&[0xbe; 100]);
+        let mut out = Vec::new();
+        frame::headers(1, &bomb, true, 16_384, &mut out);
+        peer.send(&out).await;
+        assert!(first.await.unwrap().is_err());
+        let (reset, _) = peer.next_of_stream().await;
+        assert_eq!((reset.kind, reset.stream), (frame::RST_STREAM, 1));
+        // The table followed the block: the next response may use its entry.
+        let second = tokio::spawn(conn.send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        peer.next_of_stream().await;
+        let mut out = Vec::new();
+        let mut head = block(&[(Name::Status, "200")]);
+        head.push(0xbe);
+        frame::headers(3, &head, true, 16_384, &mut out);
+        peer.send(&out).await;
+        let response = second.await.unwrap().unwrap();
+        assert_eq!(response.headers()["x-big"].len(), 4000);
+    }
+
+    #[tokio::test]
     async fn a_header_flood_ends_the_connection() {
         let (conn, mut peer) = Peer::start().await;
         let responding = tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])));

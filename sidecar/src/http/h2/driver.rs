@@ -412,6 +412,13 @@ impl Driver {
         let mut headers = HeaderMap::new();
         let decoded = self.decoder.decode(block, |name, value| {
             size += value.len() + 32;
+            // Past the limit the block is still decoded (the table must
+            // follow it) but nothing more is kept: a small block that names
+            // a large entry many times would otherwise grow the map.
+            if size > MAX_HEADER_LIST {
+                malformed = true;
+                return;
+            }
             match name {
                 Name::Status if status.is_none() && pseudo_ok => status = Some(value),
                 Name::Header(name) => {
@@ -437,9 +444,6 @@ impl Driver {
         let Some(s) = state.streams.get_mut(&id) else { return Ok(()) };
         if s.error.is_some() {
             return Ok(());
-        }
-        if size > MAX_HEADER_LIST {
-            malformed = true;
         }
         if s.head_seen {
             // Trailers: they end the stream, and carry no pseudo-header.
