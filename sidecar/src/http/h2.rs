@@ -717,6 +717,18 @@ mod tests {
         async fn send(&mut self, frames: &[u8]) {
             self.io.write_all(frames).await.unwrap();
         }
+
+        /// Sends a header block as one HEADERS frame.
+        async fn headers(&mut self, stream: u32, block: &[u8], end: bool) {
+            let mut out = Vec::new();
+            frame::headers(stream, block, end, 16_384, &mut out);
+            self.send(&out).await;
+        }
+    }
+
+    /// A GET on a stream of its own, awaited in a task of its own.
+    fn get(conn: &Conn) -> tokio::task::JoinHandle<Result<Response<Body>, Error>> {
+        tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])))
     }
 
     fn request(method: &str, uri: &str) -> Parts {
@@ -842,31 +854,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_endpoint_gets_window_back_as_the_client_reads() {
+        let (conn, mut peer) = Peer::start().await;
+        let responding = get(&conn);
+        peer.next_of_stream().await;
+        peer.headers(1, &block(&[(Name::Status, "200")]), false).await;
+        let mut body = responding.await.unwrap().unwrap().into_body();
+        // The whole 2 MiB stream window, in 16 KiB frames.
+        let chunk = vec![b'x'; 16_384];
+        let mut out = Vec::new();
+        for _ in 0..128 {
+            frame::data(1, &chunk, false, &mut out);
+        }
+        peer.send(&out).await;
+        let mut read = 0;
+        while read < 1024 * 1024 {
+            read += body.frame().await.unwrap().unwrap().into_data().unwrap().len();
+        }
+        let (update, payload) = peer.next_of_stream().await;
+        assert_eq!((update.kind, update.stream), (frame::WINDOW_UPDATE, 1));
+        assert_eq!(u32::from_be_bytes(payload[..].try_into().unwrap()) as usize, read);
+        // One byte past what the window now allows resets the stream.
+        let mut out = Vec::new();
+        for _ in 0..64 {
+            frame::data(1, &chunk, false, &mut out);
+        }
+        frame::data(1, b"!", false, &mut out);
+        peer.send(&out).await;
+        let (reset, payload) = peer.next_of_stream().await;
+        assert_eq!((reset.kind, reset.stream, &payload[..]), (frame::RST_STREAM, 1, &[0, 0, 0, 3][..]));
+        let mut failed = false;
+        while let Some(frame) = body.frame().await {
+            failed |= frame.is_err();
+        }
+        assert!(failed, "the body ends with the stream's error");
+    }
+
+    #[tokio::test]
     async fn a_malformed_response_fails_its_stream_only() {
         let (conn, mut peer) = Peer::start().await;
-        let first = tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        let first = get(&conn);
         peer.next_of_stream().await;
-        let mut out = Vec::new();
         // No :status.
-        frame::headers(1, &block(&[(Name::Header(HeaderName::from_static("x-a")), "b")]), true, 16_384, &mut out);
-        peer.send(&out).await;
+        peer.headers(1, &block(&[(Name::Header(HeaderName::from_static("x-a")), "b")]), true).await;
         let error = first.await.unwrap().unwrap_err();
         assert!(!error.refused, "{error}");
         let (reset, payload) = peer.next_of_stream().await;
         assert_eq!((reset.kind, reset.stream, &payload[..]), (frame::RST_STREAM, 1, &[0, 0, 0, 1][..]));
-        let second = tokio::spawn(conn.send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        let second = get(&conn);
         let (head, _) = peer.next_of_stream().await;
         assert_eq!(head.stream, 3);
-        let mut out = Vec::new();
-        frame::headers(3, &block(&[(Name::Status, "204")]), true, 16_384, &mut out);
-        peer.send(&out).await;
+        peer.headers(3, &block(&[(Name::Status, "204")]), true).await;
         assert_eq!(second.await.unwrap().unwrap().status(), 204);
     }
 
     #[tokio::test]
     async fn an_hpack_bomb_fails_its_stream_only() {
         let (conn, mut peer) = Peer::start().await;
-        let first = tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        let first = get(&conn);
         peer.next_of_stream().await;
         // A 4,000-byte field put in the table once, then named 100 times:
         // 400 KB of headers from a 4 KB block.
@@ -876,14 +921,12 @@ mod tests {
         bomb.extend_from_slice(&[0x7f, 0xa1, 0x1e]);
         bomb.extend_from_slice(&[b'a'; 4000]);
         bomb.extend_from_slice(&[0xbe; 100]);
-        let mut out = Vec::new();
-        frame::headers(1, &bomb, true, 16_384, &mut out);
-        peer.send(&out).await;
+        peer.headers(1, &bomb, true).await;
         assert!(first.await.unwrap().is_err());
         let (reset, _) = peer.next_of_stream().await;
         assert_eq!((reset.kind, reset.stream), (frame::RST_STREAM, 1));
         // The table followed the block: the next response may use its entry.
-        let second = tokio::spawn(conn.send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        let second = get(&conn);
         peer.next_of_stream().await;
         let mut out = Vec::new();
         let mut head = block(&[(Name::Status, "200")]);
@@ -897,7 +940,7 @@ mod tests {
     #[tokio::test]
     async fn a_header_flood_ends_the_connection() {
         let (conn, mut peer) = Peer::start().await;
-        let responding = tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        let responding = get(&conn);
         peer.next_of_stream().await;
         let mut out = Vec::new();
         Head { len: 0, kind: frame::HEADERS, flags: 0, stream: 1 }.write(&mut out);
@@ -921,13 +964,11 @@ mod tests {
         peer.send(&out).await;
         let (ack, _) = peer.next().await;
         assert_eq!(ack.kind, frame::SETTINGS);
-        let first = tokio::spawn(conn.clone().send(request("GET", "http://backend/"), ReqBody::whole(vec![])));
+        let first = get(&conn);
         peer.next_of_stream().await;
         let mut second = conn.clone();
         assert_eq!(second.ready().now_or_never(), None, "a second stream would pass the endpoint's limit");
-        let mut out = Vec::new();
-        frame::headers(1, &block(&[(Name::Status, "200")]), true, 16_384, &mut out);
-        peer.send(&out).await;
+        peer.headers(1, &block(&[(Name::Status, "200")]), true).await;
         drop(first.await.unwrap().unwrap());
         assert!(second.ready().await);
     }
