@@ -140,6 +140,11 @@ struct State {
 struct Stream {
     head: Option<response::Parts>,
     head_seen: bool,
+    /// The request was a HEAD: its response's content-length has no body.
+    head_request: bool,
+    /// What the response's content-length says is still to come (RFC 9113,
+    /// section 8.1.1: DATA that disagrees makes the response malformed).
+    body_left: Option<u64>,
     data: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
     remote_end: bool,
@@ -282,6 +287,7 @@ impl State {
                 recv_window: i64::from(STREAM_WINDOW),
                 send_window: self.initial_window,
                 local_end: end,
+                head_request: head.method == Method::HEAD,
                 counted: true,
                 ..Stream::default()
             },
@@ -888,6 +894,28 @@ mod tests {
             failed |= frame.is_err();
         }
         assert!(failed, "the body ends with the stream's error");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_disagrees_with_its_content_length_fails() {
+        let (conn, mut peer) = Peer::start().await;
+        let length = Name::Header(header::CONTENT_LENGTH);
+        let responding = get(&conn);
+        peer.next_of_stream().await;
+        peer.headers(1, &block(&[(Name::Status, "200"), (length.clone(), "10")]), false).await;
+        let mut out = Vec::new();
+        frame::data(1, b"short", true, &mut out);
+        peer.send(&out).await;
+        let body = responding.await.unwrap().unwrap().into_body();
+        assert!(body.collect().await.is_err(), "5 bytes of 10 are not a whole body");
+        let (reset, _) = peer.next_of_stream().await;
+        assert_eq!((reset.kind, reset.stream), (frame::RST_STREAM, 1));
+        // A HEAD's content-length announces a body that never comes.
+        let head = tokio::spawn(conn.clone().send(request("HEAD", "http://backend/"), ReqBody::whole(vec![])));
+        peer.next_of_stream().await;
+        peer.headers(3, &block(&[(Name::Status, "200"), (length, "10")]), true).await;
+        let response = head.await.unwrap().unwrap();
+        assert!(response.into_body().collect().await.unwrap().to_bytes().is_empty());
     }
 
     #[tokio::test]

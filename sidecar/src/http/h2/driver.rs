@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::io::AsyncWrite;
 
@@ -319,7 +319,16 @@ impl Driver {
             return Ok(());
         };
         s.recv_window -= len;
-        if s.recv_window < 0 || !s.head_seen || s.remote_end || s.error.is_some() {
+        let ends = head.flags & frame::END_STREAM != 0;
+        let body_ok = match &mut s.body_left {
+            Some(left) if (end - start) as u64 > *left => false,
+            Some(left) => {
+                *left -= (end - start) as u64;
+                !ends || *left == 0
+            }
+            None => true,
+        };
+        if s.recv_window < 0 || !s.head_seen || s.remote_end || s.error.is_some() || !body_ok {
             let reason = if s.recv_window < 0 { Reason::FLOW_CONTROL_ERROR } else { Reason::PROTOCOL_ERROR };
             let failed = s.error.is_some();
             if !failed {
@@ -333,14 +342,12 @@ impl Driver {
         if end > start {
             s.data.push_back(payload.slice(start..end));
         }
-        if head.flags & frame::END_STREAM != 0 {
-            s.remote_end = true;
-        }
+        s.remote_end |= ends;
         wake(&mut s.reader);
         if unread > 0 {
             state.release(head.stream, unread);
         }
-        if head.flags & frame::END_STREAM != 0 {
+        if ends {
             state.free_slot(head.stream);
         }
         Ok(())
@@ -447,7 +454,7 @@ impl Driver {
         }
         if s.head_seen {
             // Trailers: they end the stream, and carry no pseudo-header.
-            if malformed || status.is_some() || !end_stream || s.remote_end {
+            if malformed || status.is_some() || !end_stream || s.remote_end || s.body_left.is_some_and(|n| n > 0) {
                 Self::reset(state, id, Reason::PROTOCOL_ERROR);
                 return Ok(());
             }
@@ -469,6 +476,22 @@ impl Driver {
                     Self::reset(state, id, Reason::PROTOCOL_ERROR);
                 }
                 return Ok(());
+            }
+            // A HEAD's, a 204's or a 304's content-length describes a body
+            // that is not sent.
+            let no_body = s.head_request || code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED;
+            let length = headers.get(header::CONTENT_LENGTH).filter(|_| !no_body);
+            match length.map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok())) {
+                Some(None) => {
+                    Self::reset(state, id, Reason::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                Some(Some(n)) if end_stream && n > 0 => {
+                    Self::reset(state, id, Reason::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                Some(Some(n)) => s.body_left = Some(n),
+                None => {}
             }
             let (mut parts, ()) = Response::new(()).into_parts();
             parts.status = code;
