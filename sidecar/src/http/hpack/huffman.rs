@@ -391,14 +391,17 @@ pub fn decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
     if accepts { Ok(()) } else { Err(Error::Padding) }
 }
 
-/// The length of `input` Huffman-coded, in bytes.
-pub fn encoded_len(input: &[u8]) -> usize {
+/// The length of `input` Huffman-coded, in bytes. Only tests encode: the
+/// encoder sends strings raw ([`super::encode`]).
+#[cfg(test)]
+fn encoded_len(input: &[u8]) -> usize {
     let bits: usize = input.iter().map(|&b| usize::from(CODES[b as usize].1)).sum();
     bits.div_ceil(8)
 }
 
 /// Appends `input` Huffman-coded to `out`, padded with EOS's leading ones.
-pub fn encode(input: &[u8], out: &mut Vec<u8>) {
+#[cfg(test)]
+fn encode(input: &[u8], out: &mut Vec<u8>) {
     let mut acc: u64 = 0;
     let mut bits = 0;
     for &b in input {
