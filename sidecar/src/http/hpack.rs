@@ -28,15 +28,15 @@ pub enum Name {
 }
 
 impl Name {
-    /// Octets a field takes in a header list (RFC 9113, section 6.5.2).
-    fn len(&self) -> usize {
+    pub fn as_str(&self) -> &str {
         match self {
-            Self::Authority => 10,
-            Self::Method | Self::Status => 7,
-            Self::Path => 5,
-            Self::Scheme => 7,
-            Self::Protocol => 9,
-            Self::Header(h) => h.as_str().len(),
+            Self::Authority => ":authority",
+            Self::Method => ":method",
+            Self::Path => ":path",
+            Self::Scheme => ":scheme",
+            Self::Status => ":status",
+            Self::Protocol => ":protocol",
+            Self::Header(h) => h.as_str(),
         }
     }
 
@@ -83,7 +83,7 @@ struct Entry {
 impl Entry {
     /// An entry's size in the dynamic table (RFC 7541, section 4.1).
     fn size(&self) -> usize {
-        self.name.len() + self.value.len() + 32
+        self.name.as_str().len() + self.value.len() + 32
     }
 }
 
@@ -361,21 +361,9 @@ mod tests {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<_>>().into()
     }
 
-    fn name_str(n: &Name) -> String {
-        match n {
-            Name::Authority => ":authority".into(),
-            Name::Method => ":method".into(),
-            Name::Path => ":path".into(),
-            Name::Scheme => ":scheme".into(),
-            Name::Status => ":status".into(),
-            Name::Protocol => ":protocol".into(),
-            Name::Header(h) => h.as_str().into(),
-        }
-    }
-
     fn decode(d: &mut Decoder, block: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        d.decode(hex(block), |n, v| out.push((name_str(&n), String::from_utf8(v.to_vec()).unwrap()))).unwrap();
+        d.decode(hex(block), |n, v| out.push((n.as_str().to_owned(), String::from_utf8(v.to_vec()).unwrap()))).unwrap();
         out
     }
 
@@ -384,7 +372,7 @@ mod tests {
     }
 
     fn table(d: &Decoder) -> Vec<(String, String)> {
-        d.table.iter().map(|e| (name_str(&e.name), String::from_utf8(e.value.to_vec()).unwrap())).collect()
+        d.table.iter().map(|e| (e.name.as_str().to_owned(), String::from_utf8(e.value.to_vec()).unwrap())).collect()
     }
 
     #[test]
@@ -497,7 +485,7 @@ mod tests {
         encode_header(&HeaderName::from_static("x-long"), &HeaderValue::from_str(&long).unwrap(), &mut out);
         let mut d = Decoder::new(4096);
         let mut got = Vec::new();
-        d.decode(out.into(), |n, v| got.push((name_str(&n), String::from_utf8(v.to_vec()).unwrap()))).unwrap();
+        d.decode(out.into(), |n, v| got.push((n.as_str().to_owned(), String::from_utf8(v.to_vec()).unwrap()))).unwrap();
         assert_eq!(
             got,
             fields(&[

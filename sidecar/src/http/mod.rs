@@ -597,7 +597,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
 /// `connection` first: [`strip_hop_by_hop`] reads the names it lists.
-static HOP_BY_HOP: [HeaderName; 5] = [
+pub(super) static HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -418,7 +418,7 @@ impl Driver {
         let mut size = 0;
         let mut headers = HeaderMap::new();
         let decoded = self.decoder.decode(block, |name, value| {
-            size += value.len() + 32;
+            size += name.as_str().len() + value.len() + 32;
             // Past the limit the block is still decoded (the table must
             // follow it) but nothing more is kept: a small block that names
             // a large entry many times would otherwise grow the map.
@@ -430,7 +430,6 @@ impl Driver {
                 Name::Status if status.is_none() && pseudo_ok => status = Some(value),
                 Name::Header(name) => {
                     pseudo_ok = false;
-                    size += name.as_str().len();
                     match HeaderValue::from_maybe_shared(value) {
                         Ok(v) if !is_connection_specific(&name, &v) => {
                             headers.append(name, v);
